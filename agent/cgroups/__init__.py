@@ -1,0 +1,42 @@
+"""cgroup v1 / v2 differences live here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def is_unified() -> bool:
+    """True on a pure cgroup v2 host (cgroup2 mounted at /sys/fs/cgroup)."""
+    return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def _pids_dir(cgpath: str) -> Path:
+    rel = cgpath.lstrip("/")
+    return CGROUP_ROOT / rel if is_unified() else CGROUP_ROOT / "pids" / rel
+
+
+def procs(cgpath: str) -> list[int]:
+    """PIDs of every process in the cgroup (host PIDs); [] if it does not exist."""
+    try:
+        text = (_pids_dir(cgpath) / "cgroup.procs").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def remove_tree(cgpath: str) -> None:
+    """rmdir cgpath and its empty children in every hierarchy (deepest first); ignores busy dirs."""
+    rel = cgpath.strip("/")
+    bases = [CGROUP_ROOT] if is_unified() else [p for p in CGROUP_ROOT.iterdir() if p.is_dir()]
+    for base in bases:
+        top = base / rel
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass

@@ -1,0 +1,554 @@
+"""The container manager: every container operation of one node, with its rollback.
+
+Each mutating operation holds the container's lock, validates everything it can before touching
+the system, and undoes what it did when a later step fails (a failed `create` leaves neither
+private area nor config; a failed `start` leaves no namespace, mount or runc state behind).
+The manager never keeps container state in memory: the config file, runc's state and the kernel
+are the truth, which is why an agent restart simply re-adopts running containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import cgroups, mounts, proc
+from agent.config.conffile import ConfFile, ConfigError
+from agent.config.params import ContainerConfig, ParamError, apply_params
+from agent.config.samples import sample_text
+from agent.errors import Kind, VzError
+from agent.layout import CTID_MAX, CTID_MIN, NodeLayout
+from agent.network import netns
+from agent.runtime import limits
+from agent.runtime.oci import ContainerSpec, build_spec
+from agent.runtime.runc import Runc, State, pid_alive, uptime_seconds
+from agent.storage import rootfs
+from agent.storage.archive import ArchiveError, extract_archive
+from agent.storage.templates import TemplateCache, TemplateNotFound
+
+log = logging.getLogger(__name__)
+
+LOCK_WAIT_S = 30.0
+# options that only change what is stored; nothing to apply to a running container
+STORED_ONLY = frozenset({"name", "description", "onboot", "bootorder", "disabled", "stop-timeout",
+                         "diskspace", "diskinodes", "quotatime"})
+# options applied to a running container without a restart
+LIVE = frozenset({"hostname", "ram", "swap", "physpages", "swappages", "privvmpages", "cpuunits",
+                  "cpulimit", "cpus", "cpumask", "nodemask", "numproc"})
+
+
+@dataclass(frozen=True)
+class Status:
+    ctid: int
+    exists: bool
+    mounted: bool
+    running: bool
+    suspended: bool
+
+
+@dataclass(frozen=True)
+class Info:
+    ctid: int
+    config: ContainerConfig
+    status: str  # running | stopped | suspended
+    mounted: bool
+    init_pid: int
+    nproc: int
+    uptime: float | None
+
+
+@dataclass(frozen=True)
+class SetResult:
+    info: Info
+    notes: list[str]
+
+
+def parse_ctid(text: str) -> int:
+    """A numeric CTID in OpenVZ's range (<= 100 is reserved)."""
+    if not text.isdigit():
+        raise VzError(Kind.INVALID, f"invalid CTID {text!r}: use a number from {CTID_MIN} to {CTID_MAX}")
+    ctid = int(text)
+    if not CTID_MIN <= ctid <= CTID_MAX:
+        raise VzError(Kind.INVALID, f"CTID {ctid} is out of range: use {CTID_MIN}..{CTID_MAX} "
+                                    f"(0-100 are reserved)")
+    return ctid
+
+
+class ContainerManager:
+    def __init__(self, layout: NodeLayout, runc: Runc | None = None) -> None:
+        self.layout = layout
+        self.runc = runc or Runc(layout.runc_root)
+        self.templates = TemplateCache(layout.template_cache)
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    # ---- locking and lookup -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, ctid: int, op: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(ctid, asyncio.Lock())
+        try:
+            await asyncio.wait_for(lock.acquire(), LOCK_WAIT_S)
+        except TimeoutError:
+            raise VzError(Kind.BUSY, f"container {ctid} is locked by another operation; "
+                                     f"{op} gave up after {LOCK_WAIT_S:g} s, try again") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def ctids(self) -> list[int]:
+        out = []
+        if self.layout.conf_dir.is_dir():
+            for p in self.layout.conf_dir.glob("*.conf"):
+                if p.stem.isdigit():
+                    out.append(int(p.stem))
+        return sorted(out)
+
+    def resolve(self, ref: str) -> int:
+        """CTID or --name alias -> CTID of an existing container."""
+        ref = ref.strip()
+        if not ref:
+            raise VzError(Kind.INVALID, "no CTID given")
+        if ref.isdigit():
+            ctid = parse_ctid(ref)
+            if not self.layout.conf_file(ctid).exists():
+                raise VzError(Kind.NOT_FOUND, f"container {ctid} does not exist "
+                                              f"(see `vzlist -a`, or create it with `vzctl create {ctid}`)")
+            return ctid
+        for ctid in self.ctids():
+            with contextlib.suppress(VzError):
+                if self._load(ctid)[1].name == ref:
+                    return ctid
+        raise VzError(Kind.NOT_FOUND, f"no container is named {ref!r} (see `vzlist -a -o ctid,name`)")
+
+    def _load(self, ctid: int) -> tuple[ConfFile, ContainerConfig]:
+        path = self.layout.conf_file(ctid)
+        try:
+            conf = ConfFile.load(path)
+        except FileNotFoundError:
+            raise VzError(Kind.NOT_FOUND, f"container {ctid} does not exist") from None
+        except ConfigError as e:
+            raise VzError(Kind.INVALID, f"broken config: {e}") from None
+        try:
+            return conf, ContainerConfig.from_conf(conf, str(path))
+        except ConfigError as e:
+            raise VzError(Kind.INVALID, f"broken config: {e}") from None
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    async def _state(self, ctid: int) -> State | None:
+        st = await self.runc.state(ctid)
+        if st is not None and st.status in ("running", "paused") and not pid_alive(st.pid):
+            return State(st.id, "stopped", st.pid)
+        return st
+
+    async def status(self, ref: str) -> Status:
+        ctid = parse_ctid(ref) if ref.isdigit() else self.resolve(ref)
+        exists = self.layout.conf_file(ctid).exists()
+        st = await self._state(ctid) if exists else None
+        return Status(
+            ctid=ctid,
+            exists=exists,
+            mounted=mounts.is_mountpoint(self.layout.ve_root(ctid)),
+            running=st is not None and st.status in ("running", "paused"),
+            suspended=st is not None and st.status == "paused",
+        )
+
+    async def info(self, ctid: int, states: dict[str, State] | None = None) -> Info:
+        _, cfg = self._load(ctid)
+        st = states.get(str(ctid)) if states is not None else await self._state(ctid)
+        running = st is not None and st.status in ("running", "paused") and pid_alive(st.pid)
+        status = "stopped"
+        if running and st is not None:
+            status = "suspended" if st.status == "paused" else "running"
+        pid = st.pid if running and st is not None else 0
+        return Info(
+            ctid=ctid,
+            config=cfg,
+            status=status,
+            mounted=mounts.is_mountpoint(self.layout.ve_root(ctid)),
+            init_pid=pid,
+            nproc=len(cgroups.procs(self.layout.cgroup_path(ctid))) if running else 0,
+            uptime=uptime_seconds(pid) if running else None,
+        )
+
+    async def list(self, *, include_stopped: bool, stopped_only: bool, refs: Sequence[str] = ()) -> list[Info]:
+        ctids = [self.resolve(r) for r in refs] if refs else self.ctids()
+        states = await self.runc.list()
+        out = []
+        for ctid in ctids:
+            try:
+                info = await self.info(ctid, states)
+            except VzError as e:
+                log.warning("skipping container %d: %s", ctid, e)
+                continue
+            running = info.status != "stopped"
+            if (stopped_only and running) or (not stopped_only and not include_stopped and not running
+                                              and not refs):
+                continue
+            out.append(info)
+        return out
+
+    # ---- create / destroy ---------------------------------------------------------------------
+
+    def _name_taken(self, name: str, exclude: int | None = None) -> int | None:
+        for other in self.ctids():
+            if other == exclude:
+                continue
+            with contextlib.suppress(VzError):
+                if self._load(other)[1].name == name:
+                    return other
+        return None
+
+    async def create(self, ctid_text: str, ostemplate: str, config: str,
+                     params: Sequence[tuple[str, str]]) -> Info:
+        ctid = parse_ctid(ctid_text)
+        async with self._locked(ctid, "create"):
+            private = self.layout.private(ctid)
+            conf_path = self.layout.conf_file(ctid)
+            if conf_path.exists():
+                raise VzError(Kind.EXISTS, f"container {ctid} already exists "
+                                           f"(config {conf_path}); choose another CTID or destroy it first")
+            if private.exists():
+                raise VzError(Kind.EXISTS, f"private area {private} already exists; remove it or "
+                                           f"choose another CTID")
+            vzconf = self._vz_conf()
+            sample_name = config or vzconf.get("CONFIGFILE") or "basic"
+            try:
+                conf = ConfFile.parse(sample_text(sample_name, self.layout.conf_dir),
+                                      str(self.layout.conf_dir / f"ve-{sample_name}.conf-sample"))
+            except ConfigError as e:
+                raise VzError(Kind.INVALID, str(e)) from None
+            template = ostemplate or vzconf.get("DEF_OSTEMPLATE") or ""
+            if not template:
+                raise VzError(Kind.INVALID, "no --ostemplate given and vz.conf has no DEF_OSTEMPLATE")
+            try:
+                archive = self.templates.find(template)
+            except TemplateNotFound as e:
+                raise VzError(Kind.TEMPLATE, str(e)) from None
+            changes = self._apply(conf, params)
+            changes["OSTEMPLATE"] = template
+            changes["VE_ROOT"] = str(self.layout.ve_root(ctid))
+            changes["VE_PRIVATE"] = str(private)
+            for key, value in changes.items():
+                if value is None:
+                    conf.unset(key)
+                else:
+                    conf.set(key, value)
+            try:
+                cfg = ContainerConfig.from_conf(conf, str(conf_path))
+            except ConfigError as e:
+                raise VzError(Kind.INVALID, str(e)) from None
+            if cfg.name and (other := self._name_taken(cfg.name)) is not None:
+                raise VzError(Kind.EXISTS, f"name {cfg.name!r} is already used by container {other}")
+
+            # nothing has been written yet; from here on, undo on failure
+            partial = self.layout.private_dir / f".{ctid}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            try:
+                try:
+                    await asyncio.to_thread(extract_archive, archive, partial)
+                except ArchiveError as e:
+                    raise VzError(Kind.TEMPLATE, f"template {template!r}: {e}") from None
+                if cfg.hostname:
+                    rootfs.write_file(partial, "etc/hostname", f"{cfg.hostname}\n".encode())
+                os.rename(partial, private)
+                self.layout.conf_dir.mkdir(parents=True, exist_ok=True)
+                conf.save(conf_path)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                if not conf_path.exists():
+                    shutil.rmtree(private, ignore_errors=True)
+                raise
+            log.info("created container %d from template %s", ctid, template)
+            return await self.info(ctid)
+
+    async def destroy(self, ref: str) -> None:
+        ctid = self.resolve(ref)
+        async with self._locked(ctid, "destroy"):
+            st = await self._state(ctid)
+            if st is not None and st.status in ("running", "paused"):
+                raise VzError(Kind.STATE, f"container {ctid} is running: stop it first "
+                                          f"(`vzctl stop {ctid}`)")
+            if st is not None:
+                await self.runc.delete(ctid, force=True)
+            root = self.layout.ve_root(ctid)
+            if mounts.is_mountpoint(root):
+                await mounts.unmount(root)
+            conf_path = self.layout.conf_file(ctid)
+            # config first, so that a crash halfway leaves no container that looks alive
+            os.replace(conf_path, conf_path.with_name(f"{ctid}.conf.destroyed"))
+            private = self.layout.private(ctid)
+            trash = self.layout.private_dir / f".{ctid}.destroying"
+            if private.exists():
+                os.rename(private, trash)
+            await asyncio.to_thread(shutil.rmtree, trash, True)
+            with contextlib.suppress(OSError):
+                root.rmdir()
+            shutil.rmtree(self.layout.bundle(ctid), ignore_errors=True)
+            log.info("destroyed container %d", ctid)
+
+    # ---- mount / start / stop -----------------------------------------------------------------
+
+    async def _mount(self, ctid: int) -> bool:
+        """Bind the private area on the container root; True if this call mounted it."""
+        root = self.layout.ve_root(ctid)
+        if mounts.is_mountpoint(root):
+            return False
+        private = self.layout.private(ctid)
+        if not private.is_dir():
+            raise VzError(Kind.STATE, f"private area {private} of container {ctid} is missing")
+        root.mkdir(parents=True, exist_ok=True)
+        await mounts.bind(private, root)
+        return True
+
+    async def mount(self, ref: str) -> Info:
+        ctid = self.resolve(ref)
+        async with self._locked(ctid, "mount"):
+            if mounts.is_mountpoint(self.layout.ve_root(ctid)):
+                raise VzError(Kind.STATE, f"container {ctid} is already mounted")
+            await self._mount(ctid)
+        return await self.info(ctid)
+
+    async def umount(self, ref: str) -> Info:
+        ctid = self.resolve(ref)
+        async with self._locked(ctid, "umount"):
+            st = await self._state(ctid)
+            if st is not None and st.status in ("running", "paused"):
+                raise VzError(Kind.STATE, f"container {ctid} is running: stop it before unmounting")
+            root = self.layout.ve_root(ctid)
+            if not mounts.is_mountpoint(root):
+                raise VzError(Kind.STATE, f"container {ctid} is not mounted")
+            await mounts.unmount(root)
+        return await self.info(ctid)
+
+    async def start(self, ref: str, *, wait: bool = False, force: bool = False) -> Info:
+        ctid = self.resolve(ref)
+        async with self._locked(ctid, "start"):
+            await self._start(ctid, wait=wait, force=force)
+        return await self.info(ctid)
+
+    async def _start(self, ctid: int, *, wait: bool, force: bool) -> None:
+        _, cfg = self._load(ctid)
+        if cfg.disabled and not force:
+            raise VzError(Kind.STATE, f"container {ctid} is disabled (--disabled yes); "
+                                      f"use `vzctl start {ctid} --force` to start it anyway")
+        st = await self._state(ctid)
+        if st is not None and st.status in ("running", "paused"):
+            raise VzError(Kind.STATE, f"container {ctid} is already running")
+        if st is not None:  # a stopped leftover from a crash or from a halt inside
+            await self.runc.delete(ctid, force=True)
+        undo: list[tuple[str, object]] = []
+        try:
+            if await self._mount(ctid):
+                undo.append(("umount", ctid))
+            root = self.layout.ve_root(ctid)
+            if cfg.hostname:
+                rootfs.write_file(root, "etc/hostname", f"{cfg.hostname}\n".encode())
+            ns_name = self.layout.netns_name(ctid)
+            ns_path = await netns.create(ns_name)
+            undo.append(("netns", ns_name))
+            bundle = self.layout.bundle(ctid)
+            bundle.mkdir(parents=True, exist_ok=True)
+            spec = ContainerSpec(
+                ctid=ctid,
+                rootfs=str(root),
+                hostname=cfg.hostname or f"ct{ctid}",
+                netns_path=str(ns_path),
+                cgroups_path=self.layout.cgroup_path(ctid),
+                init=tuple(self._init_argv(root)),
+                caps=limits.capabilities(cfg),
+                resources=limits.resources(cfg),
+            )
+            tmp = bundle / "config.json.tmp"
+            tmp.write_text(json.dumps(build_spec(spec), indent=2))
+            os.replace(tmp, bundle / "config.json")
+            undo.append(("runc", ctid))
+            pid = await self.runc.run_detached(ctid, bundle)
+            log.info("started container %d (init pid %d)", ctid, pid)
+            if wait:
+                await self._wait_ready(ctid)
+        except BaseException:
+            await self._undo(undo)
+            raise
+
+    async def _undo(self, undo: list[tuple[str, object]]) -> None:
+        for what, arg in reversed(undo):
+            try:
+                if what == "runc":
+                    await self.runc.delete(int(str(arg)), force=True)
+                elif what == "netns":
+                    await netns.remove(str(arg))
+                elif what == "umount":
+                    await mounts.unmount(self.layout.ve_root(int(str(arg))))
+            except Exception as e:  # keep undoing the rest
+                log.error("rollback step %s(%s) failed: %s", what, arg, e)
+
+    def _init_argv(self, root: Path) -> list[str]:
+        meta = rootfs.read_file(root, "etc/vzfleet-template") or b""
+        for line in meta.decode(errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "INIT" and value.strip().startswith("/"):
+                return value.strip().split()
+        return ["/sbin/init"]
+
+    async def _wait_ready(self, ctid: int, timeout: float = 30.0) -> None:
+        """Wait until the container accepts commands (a process can be run in it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rc, _, _ = await self.exec_collect(ctid, ["/bin/true"])
+            if rc == 0:
+                return
+            await asyncio.sleep(0.1)
+        raise VzError(Kind.FAILED, f"container {ctid} did not become ready in {timeout:g} s")
+
+    async def stop(self, ref: str, *, fast: bool = False, timeout: int = 0) -> Info:
+        ctid = self.resolve(ref)
+        async with self._locked(ctid, "stop"):
+            await self._stop(ctid, fast=fast, timeout=timeout)
+        return await self.info(ctid)
+
+    async def _stop(self, ctid: int, *, fast: bool, timeout: int) -> None:
+        _, cfg = self._load(ctid)
+        st = await self._state(ctid)
+        if st is None or st.status not in ("running", "paused"):
+            if st is not None:
+                await self.runc.delete(ctid, force=True)
+            await self._cleanup_stopped(ctid)
+            raise VzError(Kind.STATE, f"container {ctid} is not running")
+        pid = st.pid
+        if st.status == "paused":
+            fast = True  # a frozen container cannot halt itself
+        if not fast:
+            limit = timeout or cfg.stop_timeout
+            log.info("stopping container %d (clean halt, timeout %d s)", ctid, limit)
+            await self._request_halt(ctid, pid)
+            deadline = time.monotonic() + limit
+            while pid_alive(pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        if pid_alive(pid):
+            log.info("killing container %d", ctid)
+            await self.runc.kill(ctid, signal.SIGKILL, all_processes=True)
+            deadline = time.monotonic() + 10
+            while pid_alive(pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        await self.runc.delete(ctid, force=True)
+        await self._cleanup_stopped(ctid)
+        log.info("stopped container %d", ctid)
+
+    async def _request_halt(self, ctid: int, pid: int) -> None:
+        """Ask the container's OS to halt: its own `halt`, else SIGTERM to its init."""
+        rc, _, err = await self.exec_collect(ctid, ["halt"], timeout=10)
+        if rc != 0:
+            log.info("halt inside %d failed (%s); sending SIGTERM to init", ctid, err.strip()[:200])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    async def _cleanup_stopped(self, ctid: int) -> None:
+        await netns.remove(self.layout.netns_name(ctid))
+        root = self.layout.ve_root(ctid)
+        if mounts.is_mountpoint(root):
+            await mounts.unmount(root)
+
+    async def restart(self, ref: str, *, fast: bool = False, timeout: int = 0) -> Info:
+        ctid = self.resolve(ref)
+        async with self._locked(ctid, "restart"):
+            with contextlib.suppress(VzError):
+                await self._stop(ctid, fast=fast, timeout=timeout)
+            await self._start(ctid, wait=False, force=False)
+        return await self.info(ctid)
+
+    # ---- set ----------------------------------------------------------------------------------
+
+    def _apply(self, conf: ConfFile, params: Sequence[tuple[str, str]]) -> dict[str, str | None]:
+        try:
+            return apply_params(dict(conf.items()), list(params))
+        except ParamError as e:
+            raise VzError(Kind.INVALID, str(e)) from None
+
+    async def set(self, ref: str, params: Sequence[tuple[str, str]], *, save: bool,
+                  setmode: str = "") -> SetResult:
+        if not params:
+            raise VzError(Kind.INVALID, "nothing to set: give at least one option, e.g. --hostname NAME")
+        if setmode not in ("", "restart", "ignore"):
+            raise VzError(Kind.INVALID, f"invalid --setmode {setmode!r}: use restart or ignore")
+        ctid = self.resolve(ref)
+        async with self._locked(ctid, "set"):
+            conf_path = self.layout.conf_file(ctid)
+            conf, old = self._load(ctid)
+            changes = self._apply(conf, params)
+            for key, value in changes.items():
+                if value is None:
+                    conf.unset(key)
+                else:
+                    conf.set(key, value)
+            try:
+                new = ContainerConfig.from_conf(conf, str(conf_path))
+            except ConfigError as e:
+                raise VzError(Kind.INVALID, str(e)) from None
+            if new.name and new.name != old.name and (other := self._name_taken(new.name, ctid)) is not None:
+                raise VzError(Kind.EXISTS, f"name {new.name!r} is already used by container {other}")
+            st = await self._state(ctid)
+            running = st is not None and st.status in ("running", "paused")
+            opts = {name for name, _ in params}
+            needs_restart = sorted(opts - LIVE - STORED_ONLY)
+            notes: list[str] = []
+            if not running and not save:
+                raise VzError(Kind.STATE, f"container {ctid} is not running, so nothing can be applied "
+                                          f"live; add --save to store the change in {conf_path.name}")
+            if running and needs_restart and not setmode:
+                raise VzError(Kind.STATE, "these options take effect only at start: "
+                              + ", ".join(f"--{o}" for o in needs_restart)
+                              + "; add --setmode restart to restart now, or --setmode ignore with --save "
+                                "to apply them at the next start")
+            if running and st is not None:
+                applied = await self._apply_live(ctid, st.pid, old, new, opts & LIVE)
+                notes += applied
+            if save:
+                conf.save(conf_path)
+                notes.append(f"saved to {conf_path}")
+            if running and needs_restart and setmode == "restart":
+                await self._stop(ctid, fast=False, timeout=0)
+                await self._start(ctid, wait=False, force=False)
+                notes.append("restarted to apply " + ", ".join(f"--{o}" for o in needs_restart))
+            elif needs_restart and running:
+                notes.append("applies at next start: " + ", ".join(f"--{o}" for o in needs_restart))
+        return SetResult(await self.info(ctid), notes)
+
+    async def _apply_live(self, ctid: int, pid: int, old: ContainerConfig, new: ContainerConfig,
+                          opts: set[str]) -> list[str]:
+        notes = []
+        if "hostname" in opts and new.hostname:
+            await proc.run(["nsenter", "--target", str(pid), "--uts", "hostname", new.hostname],
+                           what="setting the hostname")
+            rootfs.write_file(self.layout.ve_root(ctid), "etc/hostname", f"{new.hostname}\n".encode())
+            notes.append(f"hostname set to {new.hostname}")
+        if opts - {"hostname"}:
+            res = limits.resources(new)
+            await self.runc.update(ctid, res.to_oci())
+            notes.append("resource limits applied")
+        return notes
+
+    # ---- exec ---------------------------------------------------------------------------------
+
+    async def require_running(self, ref: str) -> int:
+        ctid = self.resolve(ref)
+        st = await self._state(ctid)
+        if st is None or st.status != "running":
+            what = "suspended" if st is not None and st.status == "paused" else "not running"
+            raise VzError(Kind.STATE, f"container {ctid} is {what}; start it with `vzctl start {ctid}`")
+        return ctid
+
+    async def exec_collect(self, ctid: int, argv: Sequence[str], timeout: float = 60) -> tuple[int, str, str]:
+        """Run argv inside the container and collect its output (for the agent's own use)."""
+        res = await proc.run(self.runc.exec_argv(ctid, argv), timeout=timeout, check=False)
+        return res.returncode, res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")

@@ -1,0 +1,132 @@
+"""vzfleet-agent: the daemon on every hardware node.
+
+It serves the node's containers over gRPC on a root-only unix socket. Containers do not depend on
+it: stopping the agent leaves them running, and a new agent re-adopts them from runc's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import logging
+import logging.handlers
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+
+from agent import __version__
+from agent.config.samples import default_vz_conf
+from agent.containers import ContainerManager
+from agent.layout import NodeLayout, default_node_name
+from agent.service.container_service import AgentService, ContainerService, TemplateService
+from vzapi import container_pb2_grpc as pb_grpc
+
+log = logging.getLogger("vzfleet.agent")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="vzfleet-agent",
+        description="The vzfleet node agent: runs this node's system containers (runc) and serves "
+                    "vzctl/vzlist over a root-only unix socket.")
+    p.add_argument("--root", default=os.environ.get("VZFLEET_ROOT", "/"),
+                   help="directory holding etc/vz, var/lib/vz and run/vzfleet (default: /)")
+    p.add_argument("--node", default=os.environ.get("VZFLEET_NODE") or None,
+                   help=f"node name (default: short host name, here {default_node_name()!r})")
+    p.add_argument("--socket", default=None, help="unix socket path (default: ROOT/run/vzfleet/agent.sock)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"vzfleet-agent {__version__}")
+    return p.parse_args(argv)
+
+
+def setup_logging(layout: NodeLayout, level: str) -> None:
+    layout.log_file.parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    to_file = logging.handlers.WatchedFileHandler(layout.log_file)
+    to_file.setFormatter(fmt)
+    # journal-friendly: no timestamps on stderr (journald adds its own)
+    to_err = logging.StreamHandler(sys.stderr)
+    to_err.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [to_file, to_err]
+    root.setLevel(level.upper())
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        sys.exit("vzfleet-agent: must run as root (it manages namespaces, cgroups and mounts)")
+    for tool in ("runc", "nsenter", "mount"):
+        if shutil.which(tool) is None:
+            sys.exit(f"vzfleet-agent: {tool!r} not found on PATH; run `make install` first")
+
+
+def take_pidfile(path: Path) -> int:
+    """Hold an exclusive lock on the pid file for the agent's lifetime: one agent per node root."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        sys.exit(f"vzfleet-agent: another agent (pid {other or '?'}) already serves this node ({path})")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+async def serve(layout: NodeLayout, socket_path: Path) -> None:
+    manager = ContainerManager(layout)
+    running = await manager.runc.list()
+    adopted = sorted(k for k, s in running.items() if s.status in ("running", "paused"))
+    log.info("node %s: %d container(s) running, adopted: %s", layout.node, len(adopted),
+             " ".join(adopted) or "none")
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)])
+    pb_grpc.add_ContainerServiceServicer_to_server(ContainerService(manager), server)
+    pb_grpc.add_TemplateServiceServicer_to_server(TemplateService(manager), server)
+    pb_grpc.add_AgentServiceServicer_to_server(AgentService(manager), server)
+    socket_path.unlink(missing_ok=True)
+    old_umask = os.umask(0o077)
+    try:
+        server.add_insecure_port(f"unix://{socket_path}")
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(socket_path, 0o600)
+    log.info("vzfleet-agent %s listening on %s (root %s)", __version__, socket_path, layout.root)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down; containers keep running")
+    await server.stop(grace=5)
+    socket_path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    preflight()
+    try:
+        layout = NodeLayout.at(args.root, args.node)
+    except ValueError as e:
+        sys.exit(f"vzfleet-agent: {e}")
+    layout.make_dirs()
+    if not layout.vz_conf.exists():
+        layout.vz_conf.write_text(default_vz_conf())
+    setup_logging(layout, args.log_level)
+    pid_fd = take_pidfile(layout.pid_file)
+    try:
+        asyncio.run(serve(layout, Path(args.socket) if args.socket else layout.socket_path))
+    finally:
+        os.close(pid_fd)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The one subprocess runner of the agent: logged, with timeouts, never through a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from agent.errors import Kind, VzError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def err_tail(self, limit: int = 400) -> str:
+        text = (self.stderr or self.stdout).decode(errors="replace").strip()
+        return text[-limit:] if text else f"exit code {self.returncode}"
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = 60.0,
+    input: bytes | None = None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    what: str | None = None,
+) -> Result:
+    """Run argv to completion; raise VzError(FAILED) on failure when check is true.
+
+    The child gets no inherited file descriptors besides stdio, and its own session so that a
+    timeout can kill it without touching the agent.
+    """
+    cmd = tuple(argv)
+    log.debug("run: %s", shlex.join(cmd))
+    full_env = None if env is None else {**os.environ, **env}
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        env=full_env,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise VzError(Kind.FAILED, f"{what or cmd[0]} timed out after {timeout:g} s") from None
+    except asyncio.CancelledError:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    res = Result(cmd, proc.returncode if proc.returncode is not None else -1, out, err)
+    if res.returncode != 0:
+        log.debug("run: %s -> %d: %s", cmd[0], res.returncode, res.err_tail())
+    if check and not res.ok:
+        raise VzError(Kind.FAILED, f"{what or shlex.join(cmd[:3])} failed: {res.err_tail()}")
+    return res

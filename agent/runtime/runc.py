@@ -1,0 +1,138 @@
+"""The one production Runtime: runc (Debian package), one state root per node."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import proc
+from agent.errors import Kind, VzError
+
+
+@dataclass(frozen=True)
+class State:
+    id: str
+    status: str  # created | running | paused | stopped
+    pid: int
+
+
+class Runc:
+    def __init__(self, root: Path, binary: str = "runc") -> None:
+        self.root = root
+        self.binary = binary
+
+    def _argv(self, *args: str) -> list[str]:
+        return [self.binary, "--root", str(self.root), *args]
+
+    async def run_detached(self, ctid: int, bundle: Path) -> int:
+        """Create and start the container from bundle/config.json; returns init's host PID.
+
+        Init's stdio is /dev/null (runc passes its own stdio through in detached mode): nothing on
+        the host stays attached to the container, which keeps checkpoints simple.
+        """
+        log_file = bundle / "runc.log"
+        pid_file = bundle / "init.pid"
+        for f in (log_file, pid_file):
+            f.unlink(missing_ok=True)
+        args = [self.binary, "--root", str(self.root), "--log", str(log_file), "--log-format", "json",
+                "run", "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file), str(ctid)]
+        res = await proc.run(args, timeout=60, check=False, what="runc run")
+        if not res.ok:
+            raise VzError(Kind.FAILED, f"runc could not start container {ctid}: {_runc_error(log_file, res)}")
+        return int(pid_file.read_text().strip())
+
+    async def state(self, ctid: int) -> State | None:
+        res = await proc.run(self._argv("state", str(ctid)), timeout=30, check=False)
+        if not res.ok:
+            if b"does not exist" in res.stderr or b"not exist" in res.stderr:
+                return None
+            raise VzError(Kind.FAILED, f"runc state {ctid} failed: {res.err_tail()}")
+        data = json.loads(res.stdout)
+        return State(id=data["id"], status=data["status"], pid=int(data.get("pid") or 0))
+
+    async def list(self) -> dict[str, State]:
+        if not self.root.exists():
+            return {}
+        res = await proc.run(self._argv("list", "--format", "json"), timeout=30)
+        items = json.loads(res.stdout or b"null") or []
+        return {d["id"]: State(d["id"], d["status"], int(d.get("pid") or 0)) for d in items}
+
+    async def kill(self, ctid: int, sig: signal.Signals, *, all_processes: bool = False) -> None:
+        args = ["kill"] + (["--all"] if all_processes else []) + [str(ctid), str(int(sig))]
+        res = await proc.run(self._argv(*args), timeout=30, check=False)
+        if not res.ok and b"not running" not in res.stderr and b"process already finished" not in res.stderr:
+            raise VzError(Kind.FAILED, f"runc kill {ctid} failed: {res.err_tail()}")
+
+    async def delete(self, ctid: int, *, force: bool = False) -> None:
+        args = ["delete"] + (["--force"] if force else []) + [str(ctid)]
+        res = await proc.run(self._argv(*args), timeout=60, check=False)
+        if not res.ok and b"does not exist" not in res.stderr:
+            raise VzError(Kind.FAILED, f"runc delete {ctid} failed: {res.err_tail()}")
+
+    async def update(self, ctid: int, resources: Mapping[str, Any]) -> None:
+        """Apply cgroup limits to a running container (OCI linux.resources JSON)."""
+        body = json.dumps({k: v for k, v in resources.items() if k != "devices"}).encode()
+        await proc.run(self._argv("update", "--resources", "-", str(ctid)), input=body, timeout=30,
+                       what="runc update")
+
+    def exec_argv(self, ctid: int, argv: Sequence[str], *, env: Sequence[str] = (),
+                  console_socket: Path | None = None, cwd: str = "/") -> list[str]:
+        """The command line that runs argv inside the container (the caller owns its stdio)."""
+        args = ["exec", "--cwd", cwd]
+        for e in env:
+            args += ["--env", e]
+        if console_socket is not None:
+            args += ["--tty", "--console-socket", str(console_socket)]
+        return self._argv(*args, str(ctid), *argv)
+
+
+def _runc_error(log_file: Path, res: proc.Result) -> str:
+    """runc's own last error message: from its JSON log, else its stderr."""
+    msg = ""
+    try:
+        for line in log_file.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("level") in ("error", "fatal"):
+                msg = str(entry.get("msg", ""))
+    except OSError:
+        pass
+    return msg or res.err_tail()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    state = stat.rsplit(b")", 1)[-1].split()[0]
+    return state not in (b"Z", b"X")
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[-1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def uptime_seconds(pid: int) -> float | None:
+    ticks = proc_start_ticks(pid)
+    if ticks is None:
+        return None
+    with open("/proc/uptime") as f:
+        up = float(f.read().split()[0])
+    return max(0.0, up - ticks / os.sysconf("SC_CLK_TCK"))

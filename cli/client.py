@@ -1,0 +1,125 @@
+"""The CLI's connection to an agent, and the one place where errors become exit codes.
+
+Exit codes are stable and documented in docs/exit-codes.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from vzapi import container_pb2 as pb
+from vzapi import container_pb2_grpc as pb_grpc
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_NOT_FOUND = 4
+EXIT_EXISTS = 5
+EXIT_STATE = 6
+EXIT_BUSY = 7
+EXIT_TEMPLATE = 8
+
+# error kind (trailing metadata "vz-error" set by the agent) -> exit code
+KIND_EXIT: dict[str, int] = {
+    "failed": EXIT_FAILED,
+    "invalid": EXIT_USAGE,
+    "not-found": EXIT_NOT_FOUND,
+    "exists": EXIT_EXISTS,
+    "state": EXIT_STATE,
+    "busy": EXIT_BUSY,
+    "template": EXIT_TEMPLATE,
+    "unavailable": EXIT_UNAVAILABLE,
+}
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("VZFLEET_ROOT", "/"))
+
+
+def socket_path(root: Path | None = None, explicit: str | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("VZFLEET_SOCKET"):
+        return Path(env)
+    return (root or default_root()) / "run/vzfleet/agent.sock"
+
+
+class Agent:
+    """Stubs of one agent, over its unix socket."""
+
+    def __init__(self, sock: Path) -> None:
+        self.sock = sock
+        if not sock.exists():
+            raise CliError(f"the vzfleet agent is not running (no socket at {sock}); "
+                           f"start it with `vzfleet up`", EXIT_UNAVAILABLE)
+        if not os.access(sock, os.R_OK | os.W_OK):
+            raise CliError(f"permission denied on {sock}: run this command as root", EXIT_UNAVAILABLE)
+        self.channel = grpc.insecure_channel(f"unix://{sock}",
+                                             options=[("grpc.max_receive_message_length", 32 << 20)])
+        self.containers = pb_grpc.ContainerServiceStub(self.channel)
+        self.templates = pb_grpc.TemplateServiceStub(self.channel)
+        self.agent = pb_grpc.AgentServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def error_from_rpc(e: grpc.RpcError) -> CliError:
+    code = e.code() if isinstance(e, grpc.Call) else None
+    details = e.details() if isinstance(e, grpc.Call) else str(e)
+    kind = ""
+    if isinstance(e, grpc.Call):
+        for key, value in e.trailing_metadata() or ():
+            if key == "vz-error":
+                kind = str(value)
+    if code == grpc.StatusCode.UNAVAILABLE and not kind:
+        return CliError(f"cannot reach the vzfleet agent ({details}); is it running? (`vzfleet up`)",
+                        EXIT_UNAVAILABLE)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CliError("the agent did not answer in time; the operation may still be running "
+                        "(check `vzlist -a`)", EXIT_FAILED)
+    return CliError(details or str(code), KIND_EXIT.get(kind, EXIT_FAILED))
+
+
+def call(fn: Callable[..., T], request: object, timeout: float = 120.0) -> T:
+    """One unary RPC; RPC errors become CliError with the documented exit code."""
+    try:
+        return fn(request, timeout=timeout)
+    except grpc.RpcError as e:
+        raise error_from_rpc(e) from None
+
+
+@contextmanager
+def agent_for(sock: Path) -> Iterator[Agent]:
+    agent = Agent(sock)
+    try:
+        yield agent
+    except grpc.RpcError as e:
+        raise error_from_rpc(e) from None
+    finally:
+        agent.close()
+
+
+def die(prog: str, err: CliError) -> NoReturn:
+    print(f"{prog}: {err}", file=sys.stderr)
+    sys.exit(err.code)
+
+
+def ct(ref: str) -> pb.CtRef:
+    return pb.CtRef(ctid=ref)

@@ -1,0 +1,77 @@
+"""vzlist: list containers, as in OpenVZ."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli import listing
+from cli.client import EXIT_USAGE, CliError, agent_for, call, default_root, die, socket_path
+from vzapi import container_pb2 as pb
+
+PROG = "vzlist"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, add_help=False,
+        description="List containers (default: running ones, columns CTID NPROC STATUS IP_ADDR HOSTNAME).",
+        epilog="exit codes: 0 ok, 2 invalid usage, 3 agent not running, 4 no such container.")
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("-a", "--all", action="store_true", help="list all containers, running or not")
+    p.add_argument("-S", "--stopped", action="store_true", help="list only stopped containers")
+    p.add_argument("-o", "--output", metavar="FIELD,...", help="fields to show (see -L)")
+    p.add_argument("-s", "--sort", metavar="[-]FIELD", help="sort by FIELD (-FIELD: descending)")
+    p.add_argument("-H", "--no-header", action="store_true", help="do not print the header")
+    p.add_argument("-t", "--no-trim", action="store_true", help="do not trim values (e.g. show every IP)")
+    p.add_argument("-j", "--json", action="store_true", help="print JSON")
+    p.add_argument("-1", "--ctid-only", dest="ctid_only", action="store_true", help="print only CTIDs")
+    p.add_argument("-n", "--name", action="store_true", help="show names instead of host names")
+    p.add_argument("-N", "--name-filter", metavar="NAME", help="only the container with this name")
+    p.add_argument("-h", "--hostname", metavar="PATTERN", help="only host names matching the glob PATTERN")
+    p.add_argument("-d", "--description", metavar="PATTERN", help="only descriptions matching PATTERN")
+    p.add_argument("-L", "--list", action="store_true", help="list the available fields")
+    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
+    p.add_argument("ctids", nargs="*", metavar="CTID", help="only these containers")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        sys.exit(run(args))
+    except CliError as e:
+        die(PROG, e)
+    except listing.ListingError as e:
+        die(PROG, CliError(str(e), EXIT_USAGE))
+
+
+def run(args: argparse.Namespace) -> int:
+    with agent_for(socket_path(default_root(), args.socket)) as agent:
+        reply = call(agent.containers.List, pb.ListRequest(
+            all=args.all or bool(args.ctids), stopped_only=args.stopped, ctids=args.ctids))
+    known = dict(reply.field_help)
+    if args.list:
+        sys.stdout.write(listing.render_field_list(known))
+        return 0
+    fields = listing.parse_fields(args.output) if args.output else list(listing.DEFAULT_FIELDS)
+    if args.name and not args.output:
+        fields[-1] = "name"
+    listing.check_fields(fields, known)
+    if args.sort:
+        listing.check_fields([args.sort.lstrip("-")], known)
+    rows = [dict(c.fields) for c in reply.containers]
+    rows = listing.apply_filters(rows, listing.Filters(args.name_filter, args.hostname, args.description))
+    rows = listing.sort_rows(rows, args.sort)
+    if args.ctid_only:
+        sys.stdout.write("".join(f"{r['ctid']:>10}\n" for r in rows))
+    elif args.json:
+        sys.stdout.write(listing.render_json(rows, fields if args.output else None))
+    else:
+        sys.stdout.write(listing.render_table(rows, fields, header=not args.no_header,
+                                              trim=not args.no_trim))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -143,6 +143,15 @@ class ContainerManager:
         except ConfigError as e:
             raise VzError(Kind.INVALID, f"broken config: {e}") from None
 
+    def _vz_conf(self) -> ConfFile:
+        """The node's global vz.conf (empty when missing)."""
+        try:
+            return ConfFile.load(self.layout.vz_conf)
+        except FileNotFoundError:
+            return ConfFile.parse("", str(self.layout.vz_conf))
+        except ConfigError as e:
+            raise VzError(Kind.INVALID, f"broken node config: {e}") from None
+
     # ---- queries ------------------------------------------------------------------------------
 
     async def _state(self, ctid: int) -> State | None:
@@ -181,9 +190,10 @@ class ContainerManager:
             uptime=uptime_seconds(pid) if running else None,
         )
 
-    async def list(self, *, include_stopped: bool, stopped_only: bool, refs: Sequence[str] = ()) -> list[Info]:
+    async def list_containers(self, *, include_stopped: bool, stopped_only: bool,
+                              refs: Sequence[str] = ()) -> list[Info]:
         ctids = [self.resolve(r) for r in refs] if refs else self.ctids()
-        states = await self.runc.list()
+        states = await self.runc.list_states()
         out = []
         for ctid in ctids:
             try:
@@ -239,11 +249,7 @@ class ContainerManager:
             changes["OSTEMPLATE"] = template
             changes["VE_ROOT"] = str(self.layout.ve_root(ctid))
             changes["VE_PRIVATE"] = str(private)
-            for key, value in changes.items():
-                if value is None:
-                    conf.unset(key)
-                else:
-                    conf.set(key, value)
+            conf.update_values(changes)
             try:
                 cfg = ContainerConfig.from_conf(conf, str(conf_path))
             except ConfigError as e:
@@ -475,7 +481,7 @@ class ContainerManager:
         except ParamError as e:
             raise VzError(Kind.INVALID, str(e)) from None
 
-    async def set(self, ref: str, params: Sequence[tuple[str, str]], *, save: bool,
+    async def set_params(self, ref: str, params: Sequence[tuple[str, str]], *, save: bool,
                   setmode: str = "") -> SetResult:
         if not params:
             raise VzError(Kind.INVALID, "nothing to set: give at least one option, e.g. --hostname NAME")
@@ -486,11 +492,7 @@ class ContainerManager:
             conf_path = self.layout.conf_file(ctid)
             conf, old = self._load(ctid)
             changes = self._apply(conf, params)
-            for key, value in changes.items():
-                if value is None:
-                    conf.unset(key)
-                else:
-                    conf.set(key, value)
+            conf.update_values(changes)
             try:
                 new = ContainerConfig.from_conf(conf, str(conf_path))
             except ConfigError as e:

@@ -81,7 +81,7 @@ def take_pidfile(path: Path) -> int:
 
 async def serve(layout: NodeLayout, socket_path: Path) -> None:
     manager = ContainerManager(layout)
-    running = await manager.runc.list()
+    running = await manager.runc.list_states()
     adopted = sorted(k for k, s in running.items() if s.status in ("running", "paused"))
     log.info("node %s: %d container(s) running, adopted: %s", layout.node, len(adopted),
              " ".join(adopted) or "none")

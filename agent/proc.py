@@ -38,11 +38,13 @@ async def run(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     what: str | None = None,
+    capture: bool = True,
 ) -> Result:
     """Run argv to completion; raise VzError(FAILED) on failure when check is true.
 
     The child gets no inherited file descriptors besides stdio, and its own session so that a
-    timeout can kill it without touching the agent.
+    timeout can kill it without touching the agent. capture=False gives the child /dev/null as
+    stdout/stderr: needed for commands that leave a daemon holding them (`runc run --detach`).
     """
     cmd = tuple(argv)
     log.debug("run: %s", shlex.join(cmd))
@@ -50,8 +52,8 @@ async def run(
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL,
         start_new_session=True,
         env=full_env,
     )

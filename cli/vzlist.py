@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     listing.check_fields(fields, known)
     if args.sort:
         listing.check_fields([args.sort.lstrip("-")], known)
-    rows = [dict(c.fields) for c in reply.containers]
+    rows: list[listing.Row] = [dict(c.fields) for c in reply.containers]
     rows = listing.apply_filters(rows, listing.Filters(args.name_filter, args.hostname, args.description))
     rows = listing.sort_rows(rows, args.sort)
     if args.ctid_only:

@@ -1,13 +1,35 @@
-"""Network namespaces the agent creates and owns, one per running container (pyroute2)."""
+"""Network namespaces the agent creates and owns, one per running container (pyroute2).
+
+pyroute2's netns-aware sockets (``AsyncIPRoute(netns=...)``) fork a helper process and stop it with
+SIGTERM; a forked child shares asyncio's signal wakeup fd with the agent, so the agent itself would
+see that SIGTERM and shut down. We therefore configure a namespace from a short-lived thread that
+has entered it with setns(2) (which affects only that thread) and talks netlink with a plain
+``IPRoute`` there: no fork, no signals.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from pyroute2 import AsyncIPRoute, netns
+from pyroute2 import IPRoute, netns
 
 NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def netns_path(name: str) -> Path:
@@ -18,12 +40,40 @@ def exists(name: str) -> bool:
     return netns_path(name).exists()
 
 
+async def run_in(name: str, fn: Callable[[], T]) -> T:
+    """Run fn in a fresh thread inside network namespace `name`; the thread never leaves it."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def worker() -> None:
+        try:
+            fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _setns(fd)
+            finally:
+                os.close(fd)
+            result = fn()
+        except BaseException as e:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+        else:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
+
+    threading.Thread(target=worker, name=f"netns-{name}", daemon=True).start()
+    return await fut
+
+
+def _lo_up() -> None:
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname="lo")[0]
+        ipr.link("set", index=idx, state="up")
+
+
 async def create(name: str) -> Path:
     """Create the namespace (idempotent) with loopback up."""
     if not exists(name):
+        # pyroute2 stops its helper with SIGKILL here, which no handler can see
         await asyncio.to_thread(netns.create, name)
-    async with AsyncIPRoute(netns=name) as ipr:
-        await ipr.link("set", index=1, state="up")
+    await run_in(name, _lo_up)
     return netns_path(name)
 
 

@@ -41,7 +41,7 @@ class Runc:
             f.unlink(missing_ok=True)
         args = [self.binary, "--root", str(self.root), "--log", str(log_file), "--log-format", "json",
                 "run", "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file), str(ctid)]
-        res = await proc.run(args, timeout=60, check=False, what="runc run")
+        res = await proc.run(args, timeout=60, check=False, what="runc run", capture=False)
         if not res.ok:
             raise VzError(Kind.FAILED, f"runc could not start container {ctid}: {_runc_error(log_file, res)}")
         return int(pid_file.read_text().strip())
@@ -55,7 +55,7 @@ class Runc:
         data = json.loads(res.stdout)
         return State(id=data["id"], status=data["status"], pid=int(data.get("pid") or 0))
 
-    async def list(self) -> dict[str, State]:
+    async def list_states(self) -> dict[str, State]:
         if not self.root.exists():
             return {}
         res = await proc.run(self._argv("list", "--format", "json"), timeout=30)
@@ -104,7 +104,7 @@ def _runc_error(log_file: Path, res: proc.Result) -> str:
                 msg = str(entry.get("msg", ""))
     except OSError:
         pass
-    return msg or res.err_tail()
+    return msg or f"exit code {res.returncode}"
 
 
 def pid_alive(pid: int) -> bool:

@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from typing import Any
-
-import grpc
+from typing import Any, TypeAlias
 
 from agent import __version__
 from agent.containers import ContainerManager, Info
@@ -25,7 +23,7 @@ from agent.storage.templates import TemplateBuildError
 from vzapi import container_pb2 as pb
 from vzapi import container_pb2_grpc as pb_grpc
 
-Ctx = grpc.aio.ServicerContext[Any, Any]
+Ctx: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
 MAX_ARGV = 4096
 ENTER_SHELL = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
 
@@ -87,13 +85,13 @@ class ContainerService(pb_grpc.ContainerServiceServicer):
 
     @unary
     async def List(self, request: pb.ListRequest, context: Ctx) -> pb.ListReply:
-        infos = await self.m.list(include_stopped=request.all, stopped_only=request.stopped_only,
+        infos = await self.m.list_containers(include_stopped=request.all, stopped_only=request.stopped_only,
                                   refs=list(request.ctids))
         return pb.ListReply(containers=[to_pb(i, self.node) for i in infos], field_help=FIELD_HELP)
 
     @unary
     async def Set(self, request: pb.SetRequest, context: Ctx) -> pb.SetReply:
-        res = await self.m.set(request.ct.ctid, _params(request.params), save=request.save,
+        res = await self.m.set_params(request.ct.ctid, _params(request.params), save=request.save,
                                setmode=request.setmode)
         return pb.SetReply(container=to_pb(res.info, self.node), notes=res.notes)
 

@@ -40,6 +40,15 @@ def exists(name: str) -> bool:
     return netns_path(name).exists()
 
 
+def _settle(fut: asyncio.Future[T], result: T | None, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)  # type: ignore[arg-type]
+
+
 async def run_in(name: str, fn: Callable[[], T]) -> T:
     """Run fn in a fresh thread inside network namespace `name`; the thread never leaves it."""
     loop = asyncio.get_running_loop()
@@ -54,9 +63,9 @@ async def run_in(name: str, fn: Callable[[], T]) -> T:
                 os.close(fd)
             result = fn()
         except BaseException as e:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+            loop.call_soon_threadsafe(_settle, fut, None, e)
         else:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
+            loop.call_soon_threadsafe(_settle, fut, result, None)
 
     threading.Thread(target=worker, name=f"netns-{name}", daemon=True).start()
     return await fut

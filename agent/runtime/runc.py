@@ -81,13 +81,13 @@ class Runc:
                        what="runc update")
 
     def exec_argv(self, ctid: int, argv: Sequence[str], *, env: Sequence[str] = (),
-                  console_socket: Path | None = None, cwd: str = "/") -> list[str]:
+                  tty: bool = False, cwd: str = "/") -> list[str]:
         """The command line that runs argv inside the container (the caller owns its stdio)."""
         args = ["exec", "--cwd", cwd]
         for e in env:
             args += ["--env", e]
-        if console_socket is not None:
-            args += ["--tty", "--console-socket", str(console_socket)]
+        if tty:
+            args += ["--tty"]
         return self._argv(*args, str(ctid), *argv)
 
 

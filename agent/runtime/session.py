@@ -7,13 +7,10 @@ import contextlib
 import errno
 import fcntl
 import os
-import socket
 import struct
 import termios
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from agent.errors import Kind, VzError
 
@@ -97,45 +94,25 @@ class PtySession:
         self._eof = False
 
     @classmethod
-    async def start(cls, exec_argv: Sequence[str], sock_path: Path, rows: int, cols: int) -> PtySession:
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.setblocking(False)
+    async def start(cls, exec_argv: Sequence[str], rows: int, cols: int) -> PtySession:
+        """Start `runc exec --tty` with a host pty as its terminal.
+
+        runc allocates the pty inside the container and copies between it and its own terminal
+        (our pty's slave side). runc's console socket mode cannot be used: it requires --detach,
+        which loses the exit code. Window size changes reach runc as SIGWINCH because the slave is
+        its controlling terminal (`setsid --ctty`).
+        """
+        master, slave = os.openpty()
         try:
-            sock_path.unlink(missing_ok=True)
-            server.bind(str(sock_path))
-            os.chmod(sock_path, 0o600)
-            server.listen(1)
-            proc = await asyncio.create_subprocess_exec(
-                *exec_argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True)
-            loop = asyncio.get_running_loop()
-            accept = asyncio.ensure_future(loop.sock_accept(server))
-            died = asyncio.ensure_future(proc.wait())
-            done, _ = await asyncio.wait({accept, died}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-            if accept not in done:
-                accept.cancel()
-                err = b""
-                if proc.stderr is not None and died in done:
-                    err = await proc.stderr.read()
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-                raise VzError(Kind.FAILED, "could not start a terminal session: "
-                                           + (err.decode(errors="replace").strip()[-300:] or "timed out"))
-            died.cancel()
-            conn, _ = accept.result()
-            with conn:
-                conn.setblocking(True)
-                conn.settimeout(10)
-                _, fds, _, _ = await asyncio.to_thread(socket.recv_fds, conn, 4096, 1)
-            if not fds:
-                raise VzError(Kind.FAILED, "runc sent no terminal")
-            master = fds[0]
             set_winsize(master, rows, cols)
-            return cls(proc, master)
+            proc = await asyncio.create_subprocess_exec(
+                "setsid", "--ctty", "--wait", *exec_argv, stdin=slave, stdout=slave, stderr=slave)
+        except BaseException:
+            os.close(master)
+            raise
         finally:
-            server.close()
-            sock_path.unlink(missing_ok=True)
+            os.close(slave)
+        return cls(proc, master)
 
     def _on_readable(self) -> None:
         try:
@@ -180,7 +157,3 @@ class PtySession:
             await self.proc.wait()
         with contextlib.suppress(OSError):
             os.close(self.master)
-
-
-def console_socket_path(run_dir: Path) -> Path:
-    return run_dir / f"console-{uuid.uuid4().hex[:12]}.sock"

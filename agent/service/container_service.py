@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 from agent import __version__
 from agent.containers import ContainerManager, Info
 from agent.errors import Kind, VzError
-from agent.runtime.session import PtySession, console_socket_path, run_streaming
+from agent.runtime.session import PtySession, run_streaming
 from agent.service.errors import streaming, unary
 from agent.service.fields import FIELD_HELP, render_fields
 from agent.storage.archive import ArchiveError
@@ -127,9 +127,8 @@ class ContainerService(pb_grpc.ContainerServiceServicer):
         ctid = await self.m.require_running(start.ct.ctid)
         argv = _check_argv(list(start.argv)) if start.argv else ENTER_SHELL
         term = start.term if start.term and start.term.isprintable() and len(start.term) < 64 else "xterm"
-        sock = console_socket_path(self.m.layout.run_dir)
-        full = self.m.runc.exec_argv(ctid, argv, env=[f"TERM={term}"], console_socket=sock)
-        session = await PtySession.start(full, sock, start.size.rows, start.size.cols)
+        full = self.m.runc.exec_argv(ctid, argv, env=[f"TERM={term}"], tty=True)
+        session = await PtySession.start(full, start.size.rows, start.size.cols)
 
         async def pump_input() -> None:
             async for msg in request_iterator:

@@ -23,6 +23,7 @@ from agent import __version__
 from agent.config.samples import default_vz_conf
 from agent.containers import ContainerManager
 from agent.layout import NodeLayout, default_node_name
+from agent.purge import purge_node
 from agent.service.container_service import AgentService, ContainerService, TemplateService
 from vzapi import container_pb2_grpc as pb_grpc
 
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"node name (default: short host name, here {default_node_name()!r})")
     p.add_argument("--socket", default=None, help="unix socket path (default: ROOT/run/vzfleet/agent.sock)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--purge", action="store_true",
+                   help="do not serve: kill every container of this node and remove its namespaces, mounts, "
+                        "cgroups and runc state (configs and private areas stay), then exit")
     p.add_argument("--version", action="version", version=f"vzfleet-agent {__version__}")
     return p.parse_args(argv)
 
@@ -121,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     if not layout.vz_conf.exists():
         layout.vz_conf.write_text(default_vz_conf())
     setup_logging(layout, args.log_level)
+    if args.purge:
+        for line in asyncio.run(purge_node(layout)):
+            print(line)
+        return
     pid_fd = take_pidfile(layout.pid_file)
     try:
         asyncio.run(serve(layout, Path(args.socket) if args.socket else layout.socket_path))

@@ -40,3 +40,14 @@ def remove_tree(cgpath: str) -> None:
                 os.rmdir(dirpath)
             except OSError:
                 pass
+
+
+def remove_if_empty(cgpath: str) -> None:
+    """rmdir cgpath in every hierarchy where it has no children and no tasks."""
+    rel = cgpath.strip("/")
+    bases = [CGROUP_ROOT] if is_unified() else [p for p in CGROUP_ROOT.iterdir() if p.is_dir()]
+    for base in bases:
+        try:
+            os.rmdir(base / rel)
+        except OSError:
+            pass

@@ -74,6 +74,12 @@ class Runc:
         if not res.ok and b"does not exist" not in res.stderr:
             raise VzError(Kind.FAILED, f"runc delete {ctid} failed: {res.err_tail()}")
 
+    async def pause(self, ctid: int) -> None:
+        await proc.run(self._argv("pause", str(ctid)), timeout=30, what="runc pause")
+
+    async def resume(self, ctid: int) -> None:
+        await proc.run(self._argv("resume", str(ctid)), timeout=30, what="runc resume")
+
     async def update(self, ctid: int, resources: Mapping[str, Any]) -> None:
         """Apply cgroup limits to a running container (OCI linux.resources JSON)."""
         body = json.dumps({k: v for k, v in resources.items() if k != "devices"}).encode()

@@ -28,6 +28,8 @@ from agent.config.samples import sample_text
 from agent.errors import Kind, VzError
 from agent.layout import CTID_MAX, CTID_MIN, NodeLayout
 from agent.network import netns
+from agent.network import plan as netplan
+from agent.network.apply import NodeNetwork
 from agent.runtime import limits
 from agent.runtime.oci import ContainerSpec, build_spec
 from agent.runtime.runc import Runc, State, pid_alive, uptime_seconds
@@ -42,8 +44,8 @@ LOCK_WAIT_S = 30.0
 STORED_ONLY = frozenset({"name", "description", "onboot", "bootorder", "disabled", "stop-timeout",
                          "diskspace", "diskinodes", "quotatime"})
 # options applied to a running container without a restart
-LIVE = frozenset({"hostname", "ram", "swap", "physpages", "swappages", "privvmpages", "cpuunits",
-                  "cpulimit", "cpus", "cpumask", "nodemask", "numproc"})
+LIVE = frozenset({"hostname", "ipadd", "ipdel", "nameserver", "searchdomain", "ram", "swap", "physpages",
+                  "swappages", "privvmpages", "cpuunits", "cpulimit", "cpus", "cpumask", "nodemask", "numproc"})
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class ContainerManager:
         self.runc = runc or Runc(layout.runc_root)
         self.templates = TemplateCache(layout.template_cache)
         self._locks: dict[int, asyncio.Lock] = {}
+        devs = (self._vz_conf().get("NEIGHBOUR_DEVS") or "detect").split()
+        self.net = NodeNetwork(None if devs in ([], ["detect"]) else devs)
 
     # ---- locking and lookup -------------------------------------------------------------------
 
@@ -256,6 +260,7 @@ class ContainerManager:
                 raise VzError(Kind.INVALID, str(e)) from None
             if cfg.name and (other := self._name_taken(cfg.name)) is not None:
                 raise VzError(Kind.EXISTS, f"name {cfg.name!r} is already used by container {other}")
+            await self._check_addresses(ctid, cfg.ip_addresses)
 
             # nothing has been written yet; from here on, undo on failure
             partial = self.layout.private_dir / f".{ctid}.partial"
@@ -360,9 +365,15 @@ class ContainerManager:
             root = self.layout.ve_root(ctid)
             if cfg.hostname:
                 rootfs.write_file(root, "etc/hostname", f"{cfg.hostname}\n".encode())
+            self._write_net_files(root, cfg)
+            net = self._net_plan(ctid, cfg)
+            if net.venet is not None:
+                await self._check_addresses(ctid, net.venet.addresses)
             ns_name = self.layout.netns_name(ctid)
             ns_path = await netns.create(ns_name)
             undo.append(("netns", ns_name))
+            undo.append(("net", ctid))
+            await self.net.setup(ns_name, net)
             bundle = self.layout.bundle(ctid)
             bundle.mkdir(parents=True, exist_ok=True)
             spec = ContainerSpec(
@@ -381,6 +392,7 @@ class ContainerManager:
             undo.append(("runc", ctid))
             pid = await self.runc.run_detached(ctid, bundle)
             log.info("started container %d (init pid %d)", ctid, pid)
+            await self.net.announce(net)
             if wait:
                 await self._wait_ready(ctid)
         except BaseException:
@@ -394,10 +406,47 @@ class ContainerManager:
                     await self.runc.delete(int(str(arg)), force=True)
                 elif what == "netns":
                     await netns.remove(str(arg))
+                elif what == "net":
+                    ctid = int(str(arg))
+                    await self.net.teardown(self._net_plan(ctid, self._load(ctid)[1]))
                 elif what == "umount":
                     await mounts.unmount(self.layout.ve_root(int(str(arg))))
             except Exception as e:  # keep undoing the rest
                 log.error("rollback step %s(%s) failed: %s", what, arg, e)
+
+    @staticmethod
+    def _net_plan(ctid: int, cfg: ContainerConfig) -> netplan.NetPlan:
+        return netplan.plan(ctid, cfg.ip_addresses, cfg.netifs)
+
+    def _write_net_files(self, root: Path, cfg: ContainerConfig) -> None:
+        """/etc/hosts and /etc/resolv.conf inside the container, as OpenVZ's vzctl writes them."""
+        if cfg.hostname:
+            old = (rootfs.read_file(root, "etc/hosts") or b"").decode(errors="replace")
+            rootfs.write_file(root, "etc/hosts", netplan.render_hosts(old, cfg.hostname, cfg.ip_addresses).encode())
+        if cfg.nameservers or cfg.searchdomains:
+            text = netplan.render_resolv(cfg.nameservers, cfg.searchdomains)
+            rootfs.write_file(root, "etc/resolv.conf", text.encode())
+
+    async def _check_addresses(self, ctid: int, addresses: Sequence[str]) -> None:
+        """Refuse addresses used by another container of this node or by anyone on the LAN."""
+        wanted = {netplan.bare_address(a) for a in addresses}
+        if not wanted:
+            return
+        for other in self.ctids():
+            if other == ctid:
+                continue
+            try:
+                theirs = {netplan.bare_address(a) for a in self._load(other)[1].ip_addresses}
+            except VzError:
+                continue
+            if clash := sorted(wanted & theirs):
+                raise VzError(Kind.EXISTS, f"address {', '.join(clash)} is already assigned to "
+                                           f"container {other} on this node")
+        own = set()
+        st = await self._state(ctid)
+        if st is not None and st.status in ("running", "paused"):
+            own = {netplan.bare_address(a) for a in self._load(ctid)[1].ip_addresses}
+        await self.net.check_free(sorted(wanted - own), own_if=netplan.venet_host_if(ctid))
 
     def _init_argv(self, root: Path) -> list[str]:
         meta = rootfs.read_file(root, "etc/vzfleet-template") or b""
@@ -460,6 +509,7 @@ class ContainerManager:
                 os.kill(pid, signal.SIGTERM)
 
     async def _cleanup_stopped(self, ctid: int) -> None:
+        await self.net.teardown(self._net_plan(ctid, self._load(ctid)[1]))
         await netns.remove(self.layout.netns_name(ctid))
         root = self.layout.ve_root(ctid)
         if mounts.is_mountpoint(root):
@@ -499,6 +549,10 @@ class ContainerManager:
                 raise VzError(Kind.INVALID, str(e)) from None
             if new.name and new.name != old.name and (other := self._name_taken(new.name, ctid)) is not None:
                 raise VzError(Kind.EXISTS, f"name {new.name!r} is already used by container {other}")
+            if new.ip_addresses != old.ip_addresses:
+                added = {netplan.bare_address(a) for a in new.ip_addresses} - \
+                    {netplan.bare_address(a) for a in old.ip_addresses}
+                await self._check_addresses(ctid, sorted(added))
             st = await self._state(ctid)
             running = st is not None and st.status in ("running", "paused")
             opts = {name for name, _ in params}
@@ -534,7 +588,13 @@ class ContainerManager:
                            what="setting the hostname")
             rootfs.write_file(self.layout.ve_root(ctid), "etc/hostname", f"{new.hostname}\n".encode())
             notes.append(f"hostname set to {new.hostname}")
-        if opts - {"hostname"}:
+        if old.ip_addresses != new.ip_addresses:
+            notes += await self.net.change_addresses(self.layout.netns_name(ctid), self._net_plan(ctid, old),
+                                                     self._net_plan(ctid, new))
+        if {"hostname", "ipadd", "ipdel", "nameserver", "searchdomain"} & opts:
+            self._write_net_files(self.layout.ve_root(ctid), new)
+        if opts & {"ram", "swap", "physpages", "swappages", "privvmpages", "cpuunits", "cpulimit", "cpus",
+                   "cpumask", "nodemask", "numproc"}:
             res = limits.resources(new)
             await self.runc.update(ctid, res.to_oci())
             notes.append("resource limits applied")

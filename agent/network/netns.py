@@ -1,5 +1,6 @@
 """Network namespaces the agent creates and owns, one per running container (pyroute2).
 
+Namespaces are created with iproute2 (see create()).
 pyroute2's netns-aware sockets (``AsyncIPRoute(netns=...)``) fork a helper process and stop it with
 SIGTERM; a forked child shares asyncio's signal wakeup fd with the agent, so the agent itself would
 see that SIGTERM and shut down. We therefore configure a namespace from a short-lived thread that
@@ -17,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
+
+from agent import proc
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -78,10 +81,13 @@ def _lo_up() -> None:
 
 
 async def create(name: str) -> Path:
-    """Create the namespace (idempotent) with loopback up."""
+    """Create the namespace (idempotent) with loopback up.
+
+    `ip netns add` rather than pyroute2's netns.create: the latter forks the agent (a process with
+    gRPC threads) and runs Python in the child, which can crash there (seen: SIGSEGV).
+    """
     if not exists(name):
-        # pyroute2 stops its helper with SIGKILL here, which no handler can see
-        await asyncio.to_thread(netns.create, name)
+        await proc.run(["ip", "netns", "add", name], timeout=30, what=f"creating netns {name}")
     await run_in(name, _lo_up)
     return netns_path(name)
 
@@ -89,7 +95,7 @@ async def create(name: str) -> Path:
 async def remove(name: str) -> None:
     """Delete the namespace (idempotent)."""
     if exists(name):
-        await asyncio.to_thread(netns.remove, name)
+        await proc.run(["ip", "netns", "delete", name], timeout=30, what=f"deleting netns {name}")
 
 
 def list_names(prefix: str) -> list[str]:

@@ -43,6 +43,9 @@ def resources(cfg: ContainerConfig, ncpu: int | None = None) -> Resources:
 
 def capabilities(cfg: ContainerConfig) -> tuple[str, ...]:
     caps = set(DEFAULT_CAPS)
+    if cfg.netfilter == "disabled":
+        # OpenVZ's "disabled": the container cannot manage netfilter in its namespace at all
+        caps.discard("CAP_NET_ADMIN")
     for name, on in cfg.capabilities.items():
         cap = "CAP_" + name.upper().removeprefix("CAP_")
         if on:

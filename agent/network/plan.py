@@ -116,9 +116,10 @@ def render_hosts(existing: str, hostname: str | None, addresses: Sequence[str]) 
     """
     keep = []
     short = hostname.split(".")[0] if hostname else None
+    ours = {hostname, short} - {None}
     for line in existing.splitlines():
         words = line.split("#", 1)[0].split()
-        if len(words) >= 2 and (words[0] in ("127.0.0.1", "::1") or (hostname and hostname in words[1:])):
+        if len(words) >= 2 and (words[0] in ("127.0.0.1", "::1") or ours & set(words[1:])):
             continue
         if line.strip() == "# vzfleet: managed entries above":
             continue

@@ -11,36 +11,31 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from agent.storage.archive import UnsafePathError, member_parts, walk_beneath
+
 
 class UnsafePath(Exception):
     pass
 
 
-def _components(rel: str) -> list[str]:
-    parts = [p for p in rel.strip("/").split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
-        raise UnsafePath(f"refused path {rel!r} inside the container")
-    return parts
-
-
 @contextmanager
 def open_parent(rootfs: Path, rel: str, *, create_dirs: bool = False) -> Iterator[tuple[int, str]]:
     """Yield (fd of the parent directory, final name) of rel inside rootfs, symlinks refused."""
-    parts = _components(rel)
-    fd = os.open(rootfs, os.O_DIRECTORY | os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        for part in parts[:-1]:
-            try:
-                nfd = os.open(part, os.O_DIRECTORY | os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
-            except FileNotFoundError:
-                if not create_dirs:
-                    raise
-                os.mkdir(part, 0o755, dir_fd=fd)
-                nfd = os.open(part, os.O_DIRECTORY | os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as e:
-                raise UnsafePath(f"cannot open {rel!r} inside the container: {part!r}: {e.strerror}") from e
-            os.close(fd)
-            fd = nfd
+        parts = member_parts(rel)
+    except ValueError as e:
+        raise UnsafePath(f"refused path {rel!r} inside the container: {e}") from None
+    if not parts:
+        raise UnsafePath(f"refused path {rel!r} inside the container")
+    root_fd = os.open(rootfs, os.O_DIRECTORY | os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            fd = walk_beneath(root_fd, parts[:-1], create=create_dirs)
+        except UnsafePathError as e:
+            raise UnsafePath(f"cannot open {rel!r} inside the container: {e}") from None
+    finally:
+        os.close(root_fd)
+    try:
         yield fd, parts[-1]
     finally:
         os.close(fd)

@@ -40,12 +40,14 @@ from agent.storage.templates import TemplateCache, TemplateNotFound
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_S = 30.0
-# options that only change what is stored; nothing to apply to a running container
-STORED_ONLY = frozenset({"name", "description", "onboot", "bootorder", "disabled", "stop-timeout",
-                         "diskspace", "diskinodes", "quotatime"})
-# options applied to a running container without a restart
+# What each option does today (docs/resources.md). Options outside these sets are validated and
+# stored but not enforced yet: the agent says so in its reply instead of ignoring them silently.
+STORED_ONLY = frozenset({"name", "description", "onboot", "bootorder", "disabled", "stop-timeout", "ostemplate"})
 LIVE = frozenset({"hostname", "ipadd", "ipdel", "nameserver", "searchdomain", "ram", "swap", "physpages",
-                  "swappages", "privvmpages", "cpuunits", "cpulimit", "cpus", "cpumask", "nodemask", "numproc"})
+                  "swappages", "cpuunits", "cpulimit", "cpus", "cpumask", "nodemask", "numproc"})
+AT_START = frozenset({"capability", "netfilter", "netif-add", "netif-del"})
+RESOURCE_OPTS = LIVE - {"hostname", "ipadd", "ipdel", "nameserver", "searchdomain"}
+UNSUPPORTED = frozenset({"userpasswd"})
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,8 @@ class ContainerManager:
                 archive = self.templates.find(template)
             except TemplateNotFound as e:
                 raise VzError(Kind.TEMPLATE, str(e)) from None
+            if bad := sorted({n.replace("_", "-") for n, _ in params} & UNSUPPORTED):
+                raise VzError(Kind.INVALID, "not supported yet: " + ", ".join(f"--{o}" for o in bad))
             changes = self._apply(conf, params)
             changes["OSTEMPLATE"] = template
             changes["VE_ROOT"] = str(self.layout.ve_root(ctid))
@@ -523,6 +527,29 @@ class ContainerManager:
             await self._start(ctid, wait=False, force=False)
         return await self.info(ctid)
 
+    async def start_onboot(self) -> list[int]:
+        """Start the ONBOOT=yes containers that are not running, highest BOOTORDER first.
+
+        Called once per node boot (the agent keeps a marker in its runtime directory, which a
+        reboot clears), never on a mere agent restart.
+        """
+        todo = []
+        for ctid in self.ctids():
+            try:
+                cfg = self._load(ctid)[1]
+            except VzError:
+                continue
+            if cfg.onboot and not cfg.disabled:
+                todo.append((-(cfg.bootorder or 0), ctid))
+        started = []
+        for _, ctid in sorted(todo):
+            try:
+                await self.start(str(ctid))
+                started.append(ctid)
+            except VzError as e:
+                log.warning("onboot start of %d: %s", ctid, e)
+        return started
+
     # ---- set ----------------------------------------------------------------------------------
 
     def _apply(self, conf: ConfFile, params: Sequence[tuple[str, str]]) -> dict[str, str | None]:
@@ -555,8 +582,11 @@ class ContainerManager:
                 await self._check_addresses(ctid, sorted(added))
             st = await self._state(ctid)
             running = st is not None and st.status in ("running", "paused")
-            opts = {name for name, _ in params}
-            needs_restart = sorted(opts - LIVE - STORED_ONLY)
+            opts = {name.replace("_", "-") for name, _ in params}
+            if bad := sorted(opts & UNSUPPORTED):
+                raise VzError(Kind.INVALID, "not supported yet: " + ", ".join(f"--{o}" for o in bad))
+            needs_restart = sorted(opts & AT_START)
+            not_enforced = sorted(opts - LIVE - STORED_ONLY - AT_START)
             notes: list[str] = []
             if not running and not save:
                 raise VzError(Kind.STATE, f"container {ctid} is not running, so nothing can be applied "
@@ -578,6 +608,9 @@ class ContainerManager:
                 notes.append("restarted to apply " + ", ".join(f"--{o}" for o in needs_restart))
             elif needs_restart and running:
                 notes.append("applies at next start: " + ", ".join(f"--{o}" for o in needs_restart))
+            if not_enforced:
+                notes.append("stored but not enforced by this version: "
+                             + ", ".join(f"--{o}" for o in not_enforced))
         return SetResult(await self.info(ctid), notes)
 
     async def _apply_live(self, ctid: int, pid: int, old: ContainerConfig, new: ContainerConfig,
@@ -593,8 +626,7 @@ class ContainerManager:
                                                      self._net_plan(ctid, new))
         if {"hostname", "ipadd", "ipdel", "nameserver", "searchdomain"} & opts:
             self._write_net_files(self.layout.ve_root(ctid), new)
-        if opts & {"ram", "swap", "physpages", "swappages", "privvmpages", "cpuunits", "cpulimit", "cpus",
-                   "cpumask", "nodemask", "numproc"}:
+        if opts & RESOURCE_OPTS:
             res = limits.resources(new)
             await self.runc.update(ctid, res.to_oci())
             notes.append("resource limits applied")

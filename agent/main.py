@@ -90,6 +90,12 @@ async def serve(layout: NodeLayout, socket_path: Path) -> None:
     log.info("node %s: %d container(s) running, adopted: %s", layout.node, len(adopted),
              " ".join(adopted) or "none")
 
+    boot_marker = layout.run_dir / "booted"
+    if not boot_marker.exists():
+        boot_marker.touch()
+        if started := await manager.start_onboot():
+            log.info("node boot: started onboot containers %s", " ".join(map(str, started)))
+
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)])
     pb_grpc.add_ContainerServiceServicer_to_server(ContainerService(manager), server)
     pb_grpc.add_TemplateServiceServicer_to_server(TemplateService(manager), server)

@@ -5,12 +5,13 @@ Exit codes are stable and documented in docs/exit-codes.md.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -58,6 +59,63 @@ def socket_path(root: Path | None = None, explicit: str | None = None) -> Path:
     if env := os.environ.get("VZFLEET_SOCKET"):
         return Path(env)
     return (root or default_root()) / "run/vzfleet/agent.sock"
+
+
+# The local cluster of simulated nodes (cli/localcluster.py) records itself in BASE/cluster.json;
+# every command's `--node NAME` finds the node's agent socket there.
+DEFAULT_CLUSTER_BASE = Path("/var/lib/vzfleet/cluster")
+CLUSTER_STATE_FILE = "cluster.json"
+NO_CLUSTER_HINT = "no local cluster: run `vzfleet up --nodes N`"
+
+
+def cluster_base(explicit: Path | None = None) -> Path:
+    """The local cluster's base directory: explicit, else $VZFLEET_CLUSTER, else the demo default."""
+    if explicit is not None:
+        return explicit
+    if env := os.environ.get("VZFLEET_CLUSTER"):
+        return Path(env)
+    return DEFAULT_CLUSTER_BASE
+
+
+def read_cluster_state(base: Path) -> dict[str, Any] | None:
+    """The recorded state of the local cluster at base, or None when there is none."""
+    path = base / CLUSTER_STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise CliError(f"cannot read the local cluster state {path}: {e}", EXIT_FAILED) from None
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        raise CliError(f"{path} is not a vzfleet cluster state file", EXIT_FAILED)
+    return data
+
+
+def node_socket(node: str, base: Path | None = None) -> Path:
+    """The agent socket of local-cluster node `node`.
+
+    Exit 3 when there is no local cluster, exit 2 (listing the nodes) when the node is unknown.
+    """
+    state = read_cluster_state(cluster_base(base))
+    if state is None:
+        raise CliError(NO_CLUSTER_HINT, EXIT_UNAVAILABLE)
+    names: list[str] = []
+    for entry in state["nodes"]:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            if entry["name"] == node and isinstance(entry.get("socket"), str):
+                return Path(entry["socket"])
+            names.append(entry["name"])
+    raise CliError(f"unknown node {node!r}; the local cluster's nodes are: {' '.join(names) or '(none)'}",
+                   EXIT_USAGE)
+
+
+def resolve_socket(node: str | None, explicit_socket: str | None, root: Path | None = None) -> Path:
+    """The agent socket a command talks to: a local-cluster node's (`--node`), else `socket_path()`."""
+    if node:
+        if explicit_socket:
+            raise CliError("give either --node or --socket, not both", EXIT_USAGE)
+        return node_socket(node)
+    return socket_path(root or default_root(), explicit_socket)
 
 
 class Agent:

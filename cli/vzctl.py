@@ -17,7 +17,7 @@ from cli.client import (
     ct,
     default_root,
     die,
-    socket_path,
+    resolve_socket,
 )
 from vzapi import container_pb2 as pb
 
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only errors")
     p.add_argument("--verbose", action="store_true", help="print what is being done")
     p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
+    p.add_argument("--node", metavar="NAME",
+                   help="talk to this node of the local cluster (`vzfleet up --nodes N`; base $VZFLEET_CLUSTER)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, help: str, *aliases: str, params: bool = False) -> argparse.ArgumentParser:
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace, rest: list[str], parser: argparse.ArgumentPars
     command = {"delete": "destroy"}.get(args.command, args.command)
     if rest and command not in ("create", "set"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    sock = socket_path(default_root(), args.socket)
+    sock = resolve_socket(args.node, args.socket, default_root())
     with agent_for(sock) as agent:
         handler = HANDLERS[command]
         return handler(agent, args, rest)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cli import listing
-from cli.client import EXIT_USAGE, CliError, agent_for, call, default_root, die, socket_path
+from cli.client import EXIT_USAGE, CliError, agent_for, call, default_root, die, resolve_socket
 from vzapi import container_pb2 as pb
 
 PROG = "vzlist"
@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--description", metavar="PATTERN", help="only descriptions matching PATTERN")
     p.add_argument("-L", "--list", action="store_true", help="list the available fields")
     p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
+    p.add_argument("--node", metavar="NAME",
+                   help="list this node of the local cluster (`vzfleet up --nodes N`; base $VZFLEET_CLUSTER)")
     p.add_argument("ctids", nargs="*", metavar="CTID", help="only these containers")
     return p
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with agent_for(socket_path(default_root(), args.socket)) as agent:
+    with agent_for(resolve_socket(args.node, args.socket, default_root())) as agent:
         reply = call(agent.containers.List, pb.ListRequest(
             all=args.all or bool(args.ctids), stopped_only=args.stopped, ctids=args.ctids))
     known = dict(reply.field_help)

@@ -111,6 +111,18 @@ class ContainerManager:
         finally:
             lock.release()
 
+    def locked(self, ctid: int, op: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The container's lock, for operations built outside the manager (migration)."""
+        return self._locked(ctid, op)
+
+    async def stop_unlocked(self, ctid: int) -> None:
+        """Stop with a clean halt; the caller holds the container's lock."""
+        await self._stop(ctid, fast=False, timeout=0)
+
+    async def start_unlocked(self, ctid: int) -> None:
+        """Start; the caller holds the container's lock."""
+        await self._start(ctid, wait=False, force=True)
+
     def ctids(self) -> list[int]:
         out = []
         if self.layout.conf_dir.is_dir():
@@ -132,11 +144,11 @@ class ContainerManager:
             return ctid
         for ctid in self.ctids():
             with contextlib.suppress(VzError):
-                if self._load(ctid)[1].name == ref:
+                if self.load(ctid)[1].name == ref:
                     return ctid
         raise VzError(Kind.NOT_FOUND, f"no container is named {ref!r} (see `vzlist -a -o ctid,name`)")
 
-    def _load(self, ctid: int) -> tuple[ConfFile, ContainerConfig]:
+    def load(self, ctid: int) -> tuple[ConfFile, ContainerConfig]:
         path = self.layout.conf_file(ctid)
         try:
             conf = ConfFile.load(path)
@@ -179,7 +191,7 @@ class ContainerManager:
         )
 
     async def info(self, ctid: int, states: dict[str, State] | None = None) -> Info:
-        _, cfg = self._load(ctid)
+        _, cfg = self.load(ctid)
         st = states.get(str(ctid)) if states is not None else await self._state(ctid)
         running = st is not None and st.status in ("running", "paused") and pid_alive(st.pid)
         status = "stopped"
@@ -221,7 +233,7 @@ class ContainerManager:
             if other == exclude:
                 continue
             with contextlib.suppress(VzError):
-                if self._load(other)[1].name == name:
+                if self.load(other)[1].name == name:
                     return other
         return None
 
@@ -264,7 +276,7 @@ class ContainerManager:
                 raise VzError(Kind.INVALID, str(e)) from None
             if cfg.name and (other := self._name_taken(cfg.name)) is not None:
                 raise VzError(Kind.EXISTS, f"name {cfg.name!r} is already used by container {other}")
-            await self._check_addresses(ctid, cfg.ip_addresses)
+            await self.check_addresses(ctid, cfg.ip_addresses)
 
             # nothing has been written yet; from here on, undo on failure
             partial = self.layout.private_dir / f".{ctid}.partial"
@@ -314,7 +326,7 @@ class ContainerManager:
 
     # ---- mount / start / stop -----------------------------------------------------------------
 
-    async def _mount(self, ctid: int) -> bool:
+    async def mount_private(self, ctid: int) -> bool:
         """Bind the private area on the container root; True if this call mounted it."""
         root = self.layout.ve_root(ctid)
         if mounts.is_mountpoint(root):
@@ -331,7 +343,7 @@ class ContainerManager:
         async with self._locked(ctid, "mount"):
             if mounts.is_mountpoint(self.layout.ve_root(ctid)):
                 raise VzError(Kind.STATE, f"container {ctid} is already mounted")
-            await self._mount(ctid)
+            await self.mount_private(ctid)
         return await self.info(ctid)
 
     async def umount(self, ref: str) -> Info:
@@ -353,7 +365,7 @@ class ContainerManager:
         return await self.info(ctid)
 
     async def _start(self, ctid: int, *, wait: bool, force: bool) -> None:
-        _, cfg = self._load(ctid)
+        _, cfg = self.load(ctid)
         if cfg.disabled and not force:
             raise VzError(Kind.STATE, f"container {ctid} is disabled (--disabled yes); "
                                       f"use `vzctl start {ctid} --force` to start it anyway")
@@ -364,35 +376,21 @@ class ContainerManager:
             await self.runc.delete(ctid, force=True)
         undo: list[tuple[str, object]] = []
         try:
-            if await self._mount(ctid):
+            if await self.mount_private(ctid):
                 undo.append(("umount", ctid))
             root = self.layout.ve_root(ctid)
             if cfg.hostname:
                 rootfs.write_file(root, "etc/hostname", f"{cfg.hostname}\n".encode())
             self._write_net_files(root, cfg)
-            net = self._net_plan(ctid, cfg)
+            net = self.net_plan(ctid, cfg)
             if net.venet is not None:
-                await self._check_addresses(ctid, net.venet.addresses)
+                await self.check_addresses(ctid, net.venet.addresses)
             ns_name = self.layout.netns_name(ctid)
             ns_path = await netns.create(ns_name)
             undo.append(("netns", ns_name))
             undo.append(("net", ctid))
             await self.net.setup(ns_name, net)
-            bundle = self.layout.bundle(ctid)
-            bundle.mkdir(parents=True, exist_ok=True)
-            spec = ContainerSpec(
-                ctid=ctid,
-                rootfs=str(root),
-                hostname=cfg.hostname or f"ct{ctid}",
-                netns_path=str(ns_path),
-                cgroups_path=self.layout.cgroup_path(ctid),
-                init=tuple(self._init_argv(root)),
-                caps=limits.capabilities(cfg),
-                resources=limits.resources(cfg),
-            )
-            tmp = bundle / "config.json.tmp"
-            tmp.write_text(json.dumps(build_spec(spec), indent=2))
-            os.replace(tmp, bundle / "config.json")
+            bundle = self.write_bundle(ctid, cfg, ns_path)
             undo.append(("runc", ctid))
             pid = await self.runc.run_detached(ctid, bundle)
             log.info("started container %d (init pid %d)", ctid, pid)
@@ -412,14 +410,40 @@ class ContainerManager:
                     await netns.remove(str(arg))
                 elif what == "net":
                     ctid = int(str(arg))
-                    await self.net.teardown(self._net_plan(ctid, self._load(ctid)[1]))
+                    await self.net.teardown(self.net_plan(ctid, self.load(ctid)[1]))
                 elif what == "umount":
                     await mounts.unmount(self.layout.ve_root(int(str(arg))))
             except Exception as e:  # keep undoing the rest
                 log.error("rollback step %s(%s) failed: %s", what, arg, e)
 
+    def write_bundle(self, ctid: int, cfg: ContainerConfig, ns_path: Path) -> Path:
+        """The container's OCI bundle (config.json) for this node; returns the bundle directory."""
+        root = self.layout.ve_root(ctid)
+        bundle = self.layout.bundle(ctid)
+        bundle.mkdir(parents=True, exist_ok=True)
+        spec = ContainerSpec(
+            ctid=ctid,
+            rootfs=str(root),
+            hostname=cfg.hostname or f"ct{ctid}",
+            netns_path=str(ns_path),
+            cgroups_path=self.layout.cgroup_path(ctid),
+            init=tuple(self._init_argv(root)),
+            caps=limits.capabilities(cfg),
+            resources=limits.resources(cfg),
+        )
+        # CRIU options runc has no flag for, read by runc checkpoint/restore through an annotation:
+        # a connection waiting in a listen backlog must not fail the dump (runc notes, pitfall 2)
+        criu_conf = bundle / "criu.conf"
+        criu_conf.write_text("skip-in-flight\n")
+        oci = build_spec(spec)
+        oci["annotations"]["org.criu.config"] = str(criu_conf)
+        tmp = bundle / "config.json.tmp"
+        tmp.write_text(json.dumps(oci, indent=2))
+        os.replace(tmp, bundle / "config.json")
+        return bundle
+
     @staticmethod
-    def _net_plan(ctid: int, cfg: ContainerConfig) -> netplan.NetPlan:
+    def net_plan(ctid: int, cfg: ContainerConfig) -> netplan.NetPlan:
         return netplan.plan(ctid, cfg.ip_addresses, cfg.netifs)
 
     def _write_net_files(self, root: Path, cfg: ContainerConfig) -> None:
@@ -431,8 +455,8 @@ class ContainerManager:
             text = netplan.render_resolv(cfg.nameservers, cfg.searchdomains)
             rootfs.write_file(root, "etc/resolv.conf", text.encode())
 
-    async def _check_addresses(self, ctid: int, addresses: Sequence[str]) -> None:
-        """Refuse addresses used by another container of this node or by anyone on the LAN."""
+    async def check_addresses(self, ctid: int, addresses: Sequence[str], *, lan: bool = True) -> None:
+        """Refuse addresses used by another container of this node or (lan) by anyone on the LAN."""
         wanted = {netplan.bare_address(a) for a in addresses}
         if not wanted:
             return
@@ -440,16 +464,19 @@ class ContainerManager:
             if other == ctid:
                 continue
             try:
-                theirs = {netplan.bare_address(a) for a in self._load(other)[1].ip_addresses}
+                theirs = {netplan.bare_address(a) for a in self.load(other)[1].ip_addresses}
             except VzError:
                 continue
             if clash := sorted(wanted & theirs):
                 raise VzError(Kind.EXISTS, f"address {', '.join(clash)} is already assigned to "
                                            f"container {other} on this node")
+        if not lan:
+            await self.net.check_free(sorted(wanted), own_if=netplan.venet_host_if(ctid), probe_lan=False)
+            return
         own = set()
         st = await self._state(ctid)
         if st is not None and st.status in ("running", "paused"):
-            own = {netplan.bare_address(a) for a in self._load(ctid)[1].ip_addresses}
+            own = {netplan.bare_address(a) for a in self.load(ctid)[1].ip_addresses}
         await self.net.check_free(sorted(wanted - own), own_if=netplan.venet_host_if(ctid))
 
     def _init_argv(self, root: Path) -> list[str]:
@@ -477,7 +504,7 @@ class ContainerManager:
         return await self.info(ctid)
 
     async def _stop(self, ctid: int, *, fast: bool, timeout: int) -> None:
-        _, cfg = self._load(ctid)
+        _, cfg = self.load(ctid)
         st = await self._state(ctid)
         if st is None or st.status not in ("running", "paused"):
             if st is not None:
@@ -513,7 +540,7 @@ class ContainerManager:
                 os.kill(pid, signal.SIGTERM)
 
     async def _cleanup_stopped(self, ctid: int) -> None:
-        await self.net.teardown(self._net_plan(ctid, self._load(ctid)[1]))
+        await self.net.teardown(self.net_plan(ctid, self.load(ctid)[1]))
         await netns.remove(self.layout.netns_name(ctid))
         root = self.layout.ve_root(ctid)
         if mounts.is_mountpoint(root):
@@ -536,7 +563,7 @@ class ContainerManager:
         todo = []
         for ctid in self.ctids():
             try:
-                cfg = self._load(ctid)[1]
+                cfg = self.load(ctid)[1]
             except VzError:
                 continue
             if cfg.onboot and not cfg.disabled:
@@ -567,7 +594,7 @@ class ContainerManager:
         ctid = self.resolve(ref)
         async with self._locked(ctid, "set"):
             conf_path = self.layout.conf_file(ctid)
-            conf, old = self._load(ctid)
+            conf, old = self.load(ctid)
             changes = self._apply(conf, params)
             conf.update_values(changes)
             try:
@@ -579,7 +606,7 @@ class ContainerManager:
             if new.ip_addresses != old.ip_addresses:
                 added = {netplan.bare_address(a) for a in new.ip_addresses} - \
                     {netplan.bare_address(a) for a in old.ip_addresses}
-                await self._check_addresses(ctid, sorted(added))
+                await self.check_addresses(ctid, sorted(added))
             st = await self._state(ctid)
             running = st is not None and st.status in ("running", "paused")
             opts = {name.replace("_", "-") for name, _ in params}
@@ -622,8 +649,8 @@ class ContainerManager:
             rootfs.write_file(self.layout.ve_root(ctid), "etc/hostname", f"{new.hostname}\n".encode())
             notes.append(f"hostname set to {new.hostname}")
         if old.ip_addresses != new.ip_addresses:
-            notes += await self.net.change_addresses(self.layout.netns_name(ctid), self._net_plan(ctid, old),
-                                                     self._net_plan(ctid, new))
+            notes += await self.net.change_addresses(self.layout.netns_name(ctid), self.net_plan(ctid, old),
+                                                     self.net_plan(ctid, new))
         if {"hostname", "ipadd", "ipdel", "nameserver", "searchdomain"} & opts:
             self._write_net_files(self.layout.ve_root(ctid), new)
         if opts & RESOURCE_OPTS:

@@ -23,9 +23,13 @@ from agent import __version__
 from agent.config.samples import default_vz_conf
 from agent.containers import ContainerManager
 from agent.layout import NodeLayout, default_node_name
+from agent.migration.destination import Destination
+from agent.migration.source import Source, Tls
 from agent.purge import purge_node
 from agent.service.container_service import AgentService, ContainerService, TemplateService
+from agent.service.migration_service import MigrationControl, MigrationPeer
 from vzapi import container_pb2_grpc as pb_grpc
+from vzapi import migration_pb2_grpc as mig_grpc
 
 log = logging.getLogger("vzfleet.agent")
 
@@ -41,6 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"node name (default: short host name, here {default_node_name()!r})")
     p.add_argument("--socket", default=None, help="unix socket path (default: ROOT/run/vzfleet/agent.sock)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--listen", default=os.environ.get("VZFLEET_LISTEN") or None, metavar="HOST:PORT",
+                   help="also serve other agents (migrations) on this TCP address, with mutual TLS")
+    p.add_argument("--tls-dir", default=None, metavar="DIR",
+                   help="ca.pem, node.pem and node.key for agent-to-agent TLS (default: ROOT/etc/vz/tls)")
     p.add_argument("--purge", action="store_true",
                    help="do not serve: kill every container of this node and remove its namespaces, mounts, "
                         "cgroups and runc state (configs and private areas stay), then exit")
@@ -83,8 +91,21 @@ def take_pidfile(path: Path) -> int:
     return fd
 
 
-async def serve(layout: NodeLayout, socket_path: Path) -> None:
+def load_tls(tls_dir: Path) -> Tls | None:
+    files = [tls_dir / n for n in ("ca.pem", "node.pem", "node.key")]
+    if not all(f.exists() for f in files):
+        return None
+    ca, cert, key = (f.read_bytes() for f in files)
+    return Tls(ca=ca, cert=cert, key=key)
+
+
+async def serve(layout: NodeLayout, socket_path: Path, listen: str | None, tls: Tls | None) -> None:
     manager = ContainerManager(layout)
+    source = Source(manager, tls)
+    listen_host = listen.rsplit(":", 1)[0].strip("[]") if listen else "127.0.0.1"
+    dest = Destination(manager, listen_host)
+    await dest.recover()
+    await source.recover()
     running = await manager.runc.list_states()
     adopted = sorted(k for k, s in running.items() if s.status in ("running", "paused"))
     log.info("node %s: %d container(s) running, adopted: %s", layout.node, len(adopted),
@@ -100,6 +121,18 @@ async def serve(layout: NodeLayout, socket_path: Path) -> None:
     pb_grpc.add_ContainerServiceServicer_to_server(ContainerService(manager), server)
     pb_grpc.add_TemplateServiceServicer_to_server(TemplateService(manager), server)
     pb_grpc.add_AgentServiceServicer_to_server(AgentService(manager), server)
+    mig_grpc.add_MigrationControlServicer_to_server(MigrationControl(source), server)
+    peer_server = None
+    if listen:
+        if tls is None:
+            sys.exit("vzfleet-agent: --listen needs TLS credentials (ca.pem, node.pem, node.key in --tls-dir)")
+        peer_server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 << 20)])
+        mig_grpc.add_MigrationPeerServicer_to_server(MigrationPeer(dest), peer_server)
+        creds = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.ca,
+                                            require_client_auth=True)
+        peer_server.add_secure_port(listen, creds)
+        await peer_server.start()
+        log.info("serving other agents on %s (mutual TLS)", listen)
     socket_path.unlink(missing_ok=True)
     old_umask = os.umask(0o077)
     try:
@@ -116,6 +149,8 @@ async def serve(layout: NodeLayout, socket_path: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down; containers keep running")
+    if peer_server is not None:
+        await peer_server.stop(grace=5)
     await server.stop(grace=5)
     socket_path.unlink(missing_ok=True)
 
@@ -137,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     pid_fd = take_pidfile(layout.pid_file)
     try:
-        asyncio.run(serve(layout, Path(args.socket) if args.socket else layout.socket_path))
+        tls = load_tls(Path(args.tls_dir) if args.tls_dir else layout.etc_dir / "tls")
+        asyncio.run(serve(layout, Path(args.socket) if args.socket else layout.socket_path, args.listen, tls))
     finally:
         os.close(pid_fd)
 

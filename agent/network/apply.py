@@ -104,7 +104,7 @@ class NodeNetwork:
 
     # ---- checks -------------------------------------------------------------------------------
 
-    def _probe_blocking(self, addresses: Sequence[str], own_if: str | None) -> list[str]:
+    def _probe_blocking(self, addresses: Sequence[str], own_if: str | None, probe_lan: bool) -> list[str]:
         conflicts = []
         with IPRoute() as ipr:
             local = {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()}
@@ -116,7 +116,7 @@ class NodeNetwork:
                 if (dev := routed.get(addr)) is not None and dev != own_if:
                     conflicts.append(f"{addr} is already routed to a container on this node ({dev})")
                     continue
-                if ipaddress.ip_address(addr).version != 4:
+                if ipaddress.ip_address(addr).version != 4 or not probe_lan:
                     continue  # IPv6 DAD on the LAN is left to the container's own kernel
                 for dev in _uplinks(ipr, addr, self.neighbour_devs):
                     mac = arp.probe(dev, _mac_of(ipr, dev), addr, sender_ip=_ipv4_of(ipr, dev))
@@ -125,20 +125,21 @@ class NodeNetwork:
                         break
         return conflicts
 
-    async def check_free(self, addresses: Sequence[str], own_if: str | None = None) -> None:
+    async def check_free(self, addresses: Sequence[str], own_if: str | None = None, *,
+                         probe_lan: bool = True) -> None:
         """Refuse addresses that another host on the LAN, or this node, already uses.
 
         own_if: the container's own venet interface, whose routes are not a conflict.
         """
         if not addresses:
             return
-        conflicts = await asyncio.to_thread(self._probe_blocking, list(addresses), own_if)
+        conflicts = await asyncio.to_thread(self._probe_blocking, list(addresses), own_if, probe_lan)
         if conflicts:
             raise VzError(Kind.EXISTS, "refused: " + "; ".join(conflicts))
 
     # ---- setup / teardown ---------------------------------------------------------------------
 
-    def _node_venet(self, ns_name: str, v: VenetPlan) -> None:
+    def _node_venet(self, ns_name: str, v: VenetPlan, host_up: bool = True) -> None:
         with IPRoute() as ipr:
             if v.v4:
                 _set_sysctl("net/ipv4/ip_forward", "1")
@@ -151,7 +152,7 @@ class NodeNetwork:
             assert idx is not None
             _set_sysctl(f"net/ipv4/conf/{v.host_if}/proxy_arp", "1")
             _set_sysctl(f"net/ipv4/neigh/{v.host_if}/proxy_delay", "0")
-            ipr.link("set", index=idx, state="up")
+            ipr.link("set", index=idx, state="up" if host_up else "down")
             if v.v6:
                 with contextlib.suppress(NetlinkError):
                     ipr.addr("add", index=idx, address=VENET_GW6, prefixlen=64, flags=IFA_F_NODAD)
@@ -195,7 +196,7 @@ class NodeNetwork:
                 with contextlib.suppress(NetlinkError):
                     ipr.route("del", dst=addr, dst_len=128 if v6 else 32, family=10 if v6 else 2)
 
-    def _node_veth(self, ns_name: str, v: VethPlan) -> None:
+    def _node_veth(self, ns_name: str, v: VethPlan, host_up: bool = True) -> None:
         with IPRoute() as ipr:
             if (old := _ifindex(ipr, v.host_if)) is not None:
                 ipr.link("del", index=old)
@@ -214,7 +215,7 @@ class NodeNetwork:
             assert idx is not None
             if master is not None:
                 ipr.link("set", index=idx, master=master)
-            ipr.link("set", index=idx, state="up")
+            ipr.link("set", index=idx, state="up" if host_up else "down")
 
     @staticmethod
     def _ct_side(plan: NetPlan) -> None:
@@ -233,16 +234,33 @@ class NodeNetwork:
                 if idx is not None:
                     ipr.link("set", index=idx, state="up")
 
-    async def setup(self, ns_name: str, plan: NetPlan) -> None:
-        """Create and configure every interface of the plan; the container's namespace exists."""
+    async def setup(self, ns_name: str, plan: NetPlan, *, host_up: bool = True) -> None:
+        """Create and configure every interface of the plan; the container's namespace exists.
+
+        host_up=False leaves the node ends down: nothing reaches the container yet (a restore
+        in progress must not answer, or the peer's kernel would reset its TCP connections).
+        """
         try:
             if plan.venet is not None:
-                await asyncio.to_thread(self._node_venet, ns_name, plan.venet)
+                await asyncio.to_thread(self._node_venet, ns_name, plan.venet, host_up)
             for v in plan.veths:
-                await asyncio.to_thread(self._node_veth, ns_name, v)
+                await asyncio.to_thread(self._node_veth, ns_name, v, host_up)
             await netns.run_in(ns_name, lambda: self._ct_side(plan))
         except NetlinkError as e:
             raise VzError(Kind.FAILED, f"network setup failed: {e}") from None
+
+    async def set_host_links(self, plan: NetPlan, *, up: bool) -> None:
+        """Node ends of the container's interfaces up or down: the network lock of a migration."""
+        names = [v.host_if for v in plan.veths] + ([plan.venet.host_if] if plan.venet else [])
+        await asyncio.to_thread(self._set_links, names, up)
+
+    @staticmethod
+    def _set_links(names: Sequence[str], up: bool) -> None:
+        with IPRoute() as ipr:
+            for name in names:
+                idx = _ifindex(ipr, name)
+                if idx is not None:
+                    ipr.link("set", index=idx, state="up" if up else "down")
 
     async def announce(self, plan: NetPlan) -> None:
         """Gratuitous ARP for every IPv4 venet address on its uplinks (after start or a move)."""

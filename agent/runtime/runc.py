@@ -46,6 +46,28 @@ class Runc:
             raise VzError(Kind.FAILED, f"runc could not start container {ctid}: {_runc_error(log_file, res)}")
         return int(pid_file.read_text().strip())
 
+    async def checkpoint(self, ctid: int, image_dir: Path, work_dir: Path, *, leave_running: bool = True) -> None:
+        """Dump the container with CRIU. With leave_running (and a paused container), it stays frozen."""
+        args = [self.binary, "--root", str(self.root), "checkpoint", "--image-path", str(image_dir),
+                "--work-path", str(work_dir), "--tcp-established", "--ext-unix-sk", "--file-locks"]
+        if leave_running:
+            args.append("--leave-running")
+        res = await proc.run([*args, str(ctid)], timeout=600, check=False, what="runc checkpoint")
+        if not res.ok:
+            raise VzError(Kind.FAILED, f"checkpoint of {ctid} failed: {_criu_error(work_dir / 'dump.log', res)}")
+
+    async def restore(self, ctid: int, bundle: Path, image_dir: Path, work_dir: Path) -> int:
+        """Restore the container from image_dir into bundle (this node's paths); returns init's PID."""
+        pid_file = bundle / "init.pid"
+        pid_file.unlink(missing_ok=True)
+        args = [self.binary, "--root", str(self.root), "restore", "--detach", "--bundle", str(bundle),
+                "--image-path", str(image_dir), "--work-path", str(work_dir), "--pid-file", str(pid_file),
+                "--tcp-established", "--ext-unix-sk", "--file-locks", str(ctid)]
+        res = await proc.run(args, timeout=600, check=False, what="runc restore", capture=False)
+        if not res.ok:
+            raise VzError(Kind.FAILED, f"restore of {ctid} failed: {_criu_error(work_dir / 'restore.log', res)}")
+        return int(pid_file.read_text().strip())
+
     async def state(self, ctid: int) -> State | None:
         res = await proc.run(self._argv("state", str(ctid)), timeout=30, check=False)
         if not res.ok:
@@ -111,6 +133,18 @@ def _runc_error(log_file: Path, res: proc.Result) -> str:
     except OSError:
         pass
     return msg or f"exit code {res.returncode}"
+
+
+def _criu_error(log_file: Path, res: proc.Result) -> str:
+    """The last CRIU error line (the harmless RLIMIT_NOFILE one skipped), else runc's message."""
+    last = ""
+    try:
+        for line in log_file.read_text(errors="replace").splitlines():
+            if "Error" in line and "RLIMIT_NOFILE" not in line:
+                last = line.strip()
+    except OSError:
+        pass
+    return last or res.err_tail()
 
 
 def pid_alive(pid: int) -> bool:

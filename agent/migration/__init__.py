@@ -1,0 +1,1 @@
+"""Live migration between agents (docs/decisions/0004-migration.md)."""

@@ -1,0 +1,457 @@
+"""The source side: the migration pipeline, a list of stages with undo (decision 0004).
+
+Before `Commit` every failure leaves the container running here, unchanged (resumed from its
+freeze, network unlocked) and the destination cleaned; after `Commit` the destination owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agent import mounts, proc
+from agent.containers import ContainerManager
+from agent.errors import Kind, VzError
+from agent.migration import failpoints, images, journal, rsyncd
+from agent.migration.destination import Facts, node_facts
+from agent.network import netns
+from vzapi import migration_pb2 as pb
+from vzapi import migration_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+PEER_TIMEOUT_S = 300.0
+COMMIT_RETRY_S = 30.0
+
+
+@dataclass(frozen=True)
+class Tls:
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+@dataclass
+class Progress:
+    """What the pipeline reports: stage timings and events for the client."""
+
+    events: asyncio.Queue[pb.MigrateEvent] = field(default_factory=asyncio.Queue)
+    times: list[tuple[str, float]] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    frozen_at: float | None = None
+    thawed_at: float | None = None
+    mode: str = ""
+    mode_reason: str = ""
+
+    def say(self, stage: str, message: str, done_bytes: int = 0, total: int = 0) -> None:
+        self.events.put_nowait(pb.MigrateEvent(stage=stage, message=message, bytes=done_bytes, total=total))
+
+
+def choose_mode(requested: str, online: bool, src: Facts, dst: Facts) -> tuple[str, str]:
+    """Pure: the migration mode and why."""
+    if not online:
+        return "offline", "without --online the container is stopped, moved and started"
+    both = set(src.criu_features) & set(dst.criu_features)
+    dirty = "mem_dirty_track" in both
+    if requested in ("", "auto"):
+        if dirty:
+            return "stopcopy", ("dirty-page tracking is available, but iterative pre-copy is not implemented "
+                                "yet; using stop-and-copy")
+        return "stopcopy", ("the kernel cannot track dirty pages (no pre-copy); stop-and-copy is the mode "
+                            "whose failure can never lose the container")
+    if requested == "precopy":
+        if not dirty:
+            raise VzError(Kind.INVALID, "pre-copy needs dirty-page tracking (CONFIG_MEM_SOFT_DIRTY), which "
+                                        "this kernel lacks; use --mode auto or stopcopy")
+        raise VzError(Kind.INVALID, "pre-copy is not implemented yet; use --mode stopcopy")
+    if requested == "postcopy":
+        raise VzError(Kind.INVALID, "post-copy (lazy pages) is not implemented yet; use --mode stopcopy")
+    if requested == "stopcopy":
+        return "stopcopy", "requested"
+    raise VzError(Kind.INVALID, f"unknown mode {requested!r}: use auto, precopy, postcopy or stopcopy")
+
+
+def facts_pb(f: Facts) -> pb.NodeFacts:
+    return pb.NodeFacts(node=f.node, criu_version=f.criu_version, criu_features=list(f.criu_features),
+                        cpu_flags=list(f.cpu_flags), free_disk_bytes=f.free_disk,
+                        free_memory_bytes=f.free_memory, kernel=f.kernel)
+
+
+def facts_from_pb(m: pb.NodeFacts) -> Facts:
+    return Facts(node=m.node, criu_version=m.criu_version, criu_features=tuple(m.criu_features),
+                 cpu_flags=tuple(m.cpu_flags), free_disk=m.free_disk_bytes, free_memory=m.free_memory_bytes,
+                 kernel=m.kernel)
+
+
+def peer_channel(address: str, tls: Tls | None) -> grpc.aio.Channel:
+    if tls is None:
+        raise VzError(Kind.INVALID, "this agent has no TLS credentials (--tls-dir): it cannot talk to "
+                                    "other agents")
+    creds = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
+                                         certificate_chain=tls.cert)
+    return grpc.aio.secure_channel(address, creds, options=[("grpc.max_send_message_length", 8 << 20)])
+
+
+def _rpc_error(e: grpc.RpcError, what: str) -> VzError:
+    details = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+    return VzError(Kind.FAILED, f"{what}: {details}")
+
+
+async def dir_bytes(path: Path) -> int:
+    res = await proc.run(["du", "-sb", str(path)], check=False, timeout=120)
+    try:
+        return int(res.stdout.split()[0])
+    except (IndexError, ValueError):
+        return 0
+
+
+_RSYNC_SENT = re.compile(rb"Total bytes sent: ([\d,.]+)")
+
+
+async def run_rsync(src: Path, url: str, password: str, *, final: bool) -> tuple[int, float]:
+    """Push the private area; returns (bytes sent, seconds)."""
+    t0 = time.monotonic()
+    res = await proc.run(rsyncd.rsync_argv(src, url, final=final), env={"RSYNC_PASSWORD": password},
+                         timeout=3600, check=False, what="rsync")
+    if not res.ok:
+        raise VzError(Kind.FAILED, f"filesystem sync failed: {res.err_tail()}")
+    m = _RSYNC_SENT.search(res.stdout)
+    sent = int(m.group(1).replace(b",", b"").replace(b".", b"")) if m else 0
+    return sent, time.monotonic() - t0
+
+
+class Source:
+    def __init__(self, manager: ContainerManager, tls: Tls | None) -> None:
+        self.m = manager
+        self.tls = tls
+
+    def work_dir(self, ctid: int) -> Path:
+        return self.m.layout.run_dir / "migrations" / f"out-{ctid}"
+
+    async def migrate(self, req: pb.MigrateRequest) -> AsyncIterator[pb.MigrateEvent]:
+        """Run one migration, yielding progress events; the last event says how it ended."""
+        prog = Progress()
+        task = asyncio.create_task(self._run(req, prog))
+        t0 = time.monotonic()
+        while True:
+            getter = asyncio.ensure_future(prog.events.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            while not prog.events.empty():
+                yield prog.events.get_nowait()
+            break
+        exc = task.exception()
+        frozen = 0.0
+        if prog.frozen_at is not None:
+            frozen = (prog.thawed_at or time.monotonic()) - prog.frozen_at
+        final = pb.MigrateEvent(
+            stage="done", done=True, ok=exc is None, times=[pb.StageTime(stage=s, seconds=t) for s, t in prog.times],
+            frozen_seconds=frozen, total_seconds=time.monotonic() - t0, mode=prog.mode,
+            mode_reason=prog.mode_reason, checks=prog.checks,
+            message="" if exc is None else str(exc))
+        if exc is not None and not isinstance(exc, VzError):
+            log.error("migration failed", exc_info=exc)
+        yield final
+        if exc is not None:
+            raise exc
+
+    async def _run(self, req: pb.MigrateRequest, prog: Progress) -> None:
+        ctid = self.m.resolve(req.ctid)
+        async with self.m.locked(ctid, "migrate"):
+            await self._run_locked(ctid, req, prog)
+
+    async def _stage(self, prog: Progress, name: str, message: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        prog.say(name, message)
+        t = time.monotonic()
+        result = await fn()
+        prog.times.append((name, time.monotonic() - t))
+        return result
+
+    async def _run_locked(self, ctid: int, req: pb.MigrateRequest, prog: Progress) -> None:
+        lay = self.m.layout
+        conf_text = lay.conf_file(ctid).read_text()
+        self.m.load(ctid)  # refuses a broken config before anything happens
+        st = await self.m.runc.state(ctid)
+        running = st is not None and st.status == "running"
+        if st is not None and st.status == "paused":
+            raise VzError(Kind.STATE, f"container {ctid} is suspended; resume it before migrating")
+        online = req.online and running
+        src = await node_facts(self.m)
+        private_bytes = await dir_bytes(lay.private(ctid))
+        mid = uuid.uuid4().hex[:12]
+        channel = peer_channel(req.destination, self.tls)
+        peer = pb_grpc.MigrationPeerStub(channel)
+        j = journal.Journal(id=mid, ctid=ctid, direction="out", state=journal.OUT_PREPARED,
+                            peer=req.destination, online=online, was_running=running, keep_dst=req.keep_dst)
+        prepared = False
+        try:
+            try:
+                reply = await self._stage(prog, "preflight", f"checking {req.destination}", lambda: peer.Prepare(
+                    pb.PrepareRequest(id=mid, ctid=ctid, config=conf_text, source=facts_pb(src), online=online,
+                                      check_only=req.check_only, private_bytes=private_bytes,
+                                      skip_checks=list(req.skip_checks)), timeout=60))
+            except grpc.RpcError as e:
+                raise _rpc_error(e, f"destination {req.destination} refused the preflight") from None
+            prog.checks = list(reply.checks)
+            for c in reply.checks:
+                prog.say("preflight", c)
+            if not reply.ok:
+                failed = [c.removeprefix("FAILED: ") for c in reply.checks if c.startswith("FAILED")]
+                raise VzError(Kind.STATE, "migration refused: " + "; ".join(failed))
+            prog.mode, prog.mode_reason = choose_mode(req.mode, online, src, facts_from_pb(reply.destination))
+            prog.say("preflight", f"mode {prog.mode}: {prog.mode_reason}")
+            if req.check_only:
+                return
+            prepared = True
+            journal.save(lay.run_dir, j)
+            failpoints.hit("src-after-prepare")
+
+            sent, secs = await self._stage(prog, "presync", f"copying the filesystem ({private_bytes >> 20} MiB)",
+                                           lambda: run_rsync(lay.private(ctid), reply.rsync_url,
+                                                             reply.rsync_password, final=False))
+            rate = sent / secs if secs > 0 and sent > 1 << 20 else None
+            if online:
+                await self._online(ctid, mid, peer, j, prog, reply, rate)
+            else:
+                await self._offline(ctid, mid, peer, j, prog, reply, running)
+        except BaseException as exc:
+            if prepared and j.state in (journal.OUT_PREPARED, journal.OUT_FROZEN):
+                await self._rollback(ctid, mid, peer, j, prog, keep_dst=req.keep_dst)
+            elif j.state == journal.OUT_COMMIT_SENT:
+                log.error("migration %s of %d: commit outcome unknown: %s", mid, ctid, exc)
+            raise
+        finally:
+            await channel.close()
+        # committed: the destination owns the container
+        await self._stage(prog, "cleanup", "removing the source copy",
+                          lambda: self._finish_source(ctid, keep_source=req.keep_source))
+        journal.remove(lay.run_dir, "out", ctid)
+        prog.say("done", f"container {ctid} now runs on {req.destination}")
+
+    async def _online(self, ctid: int, mid: str, peer: pb_grpc.MigrationPeerStub, j: journal.Journal,
+                      prog: Progress, reply: pb.PrepareReply, rate: float | None) -> None:
+        lay = self.m.layout
+        _, cfg = self.m.load(ctid)
+        net = self.m.net_plan(ctid, cfg)
+        work = self.work_dir(ctid)
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "img").mkdir(parents=True, mode=0o700)
+
+        async def freeze_and_dump() -> None:
+            j.state = journal.OUT_FROZEN
+            journal.save(lay.run_dir, j)  # before the freeze: a crash from here on resumes on restart
+            prog.frozen_at = time.monotonic()
+            await self.m.net.set_host_links(net, up=False)
+            await self.m.runc.pause(ctid)
+            failpoints.hit("src-after-freeze")
+            await self.m.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
+
+        await self._stage(prog, "dump", "freezing and dumping (network locked)", freeze_and_dump)
+        await self._stage(prog, "sync", "final filesystem sync", lambda: run_rsync(
+            lay.private(ctid), reply.rsync_url, reply.rsync_password, final=True))
+        level = images.zstd_level_for(rate)
+        blob, manifest, tar_bytes = await asyncio.to_thread(images.pack, work / "img", level)
+        if failpoints.action("src-corrupt-images") == "corrupt":
+            mid_byte = len(blob) // 2
+            blob = blob[:mid_byte] + bytes([blob[mid_byte] ^ 0xFF]) + blob[mid_byte + 1:]
+        truncate = failpoints.action("src-truncate-images") == "corrupt"
+
+        async def send() -> None:
+            def requests() -> Any:
+                sent = 0
+                for data in images.chunks(blob):
+                    sent += len(data)
+                    yield pb.ImageChunk(id=mid, data=data)
+                    if truncate and sent >= len(blob) // 2:
+                        return
+                prog.say("images", "images sent", sent, len(blob))
+                yield pb.ImageChunk(id=mid, last=True, manifest=manifest, tar_bytes=tar_bytes)
+            try:
+                await peer.Images(requests(), timeout=PEER_TIMEOUT_S)
+            except grpc.RpcError as e:
+                raise _rpc_error(e, "sending the checkpoint images failed") from None
+
+        await self._stage(prog, "images", f"sending {len(blob) >> 10} KiB of images (zstd -{level})", send)
+        failpoints.hit("src-before-restore")
+        try:
+            await self._stage(prog, "restore", "restoring on the destination (network still down)",
+                              lambda: peer.Restore(pb.MigrationRef(id=mid, ctid=ctid), timeout=PEER_TIMEOUT_S))
+        except grpc.RpcError as e:
+            raise _rpc_error(e, "restore on the destination failed") from None
+        await self._commit(ctid, mid, peer, j, prog)
+        prog.thawed_at = time.monotonic()
+
+    async def _offline(self, ctid: int, mid: str, peer: pb_grpc.MigrationPeerStub, j: journal.Journal,
+                       prog: Progress, reply: pb.PrepareReply, running: bool) -> None:
+        lay = self.m.layout
+        if running:
+            async def stop() -> None:
+                j.state = journal.OUT_FROZEN  # "stopped for the move": a crash restarts it here
+                journal.save(lay.run_dir, j)
+                prog.frozen_at = time.monotonic()
+                await self.m.stop_unlocked(ctid)
+            await self._stage(prog, "stop", "stopping the container", stop)
+        await self._stage(prog, "sync", "final filesystem sync", lambda: run_rsync(
+            lay.private(ctid), reply.rsync_url, reply.rsync_password, final=True))
+        try:
+            await self._stage(prog, "start" if running else "register", "starting on the destination",
+                              lambda: peer.Restore(pb.MigrationRef(id=mid, ctid=ctid, start=running),
+                                                   timeout=PEER_TIMEOUT_S))
+        except grpc.RpcError as e:
+            raise _rpc_error(e, "starting on the destination failed") from None
+        await self._commit(ctid, mid, peer, j, prog)
+        prog.thawed_at = time.monotonic()
+
+    async def _commit(self, ctid: int, mid: str, peer: pb_grpc.MigrationPeerStub, j: journal.Journal,
+                      prog: Progress) -> None:
+        j.state = journal.OUT_COMMIT_SENT
+        journal.save(self.m.layout.run_dir, j)
+        failpoints.hit("src-before-commit")
+        t = time.monotonic()
+        prog.say("commit", "committing on the destination")
+        deadline = time.monotonic() + COMMIT_RETRY_S
+        while True:
+            try:
+                await peer.Commit(pb.MigrationRef(id=mid, ctid=ctid), timeout=30)
+                break
+            except grpc.RpcError as e:
+                # the destination may have committed and died before answering: ask it
+                with contextlib.suppress(grpc.RpcError):
+                    st = await peer.State(pb.MigrationRef(id=mid, ctid=ctid), timeout=10)
+                    if st.stage in (journal.IN_COMMITTED, "owned"):
+                        break
+                    if st.stage in ("none", journal.IN_PREPARED):
+                        j.state = journal.OUT_FROZEN  # not committed there: safe to roll back
+                        raise _rpc_error(e, "commit refused by the destination") from None
+                if time.monotonic() > deadline:
+                    raise VzError(Kind.FAILED, f"the destination did not confirm the commit of {ctid}; the "
+                                               f"container stays frozen here until it does (agent journal "
+                                               f"{mid})") from None
+                await asyncio.sleep(1)
+        prog.times.append(("commit", time.monotonic() - t))
+        j.state = journal.OUT_DONE
+        journal.save(self.m.layout.run_dir, j)
+
+    async def _rollback(self, ctid: int, mid: str, peer: pb_grpc.MigrationPeerStub, j: journal.Journal,
+                        prog: Progress, *, keep_dst: bool) -> None:
+        prog.say("rollback", "migration failed: undoing")
+        with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
+            await peer.Abort(pb.MigrationRef(id=mid, ctid=ctid, keep_dst=keep_dst), timeout=60)
+        await self.resume_local(ctid, j)
+        prog.thawed_at = time.monotonic()
+
+    async def resume_local(self, ctid: int, j: journal.Journal) -> None:
+        """Bring the source container back as it was before the migration (idempotent)."""
+        if j.state in (journal.OUT_FROZEN, journal.OUT_COMMIT_SENT):
+            if j.online:
+                st = await self.m.runc.state(ctid)
+                if st is not None and st.status == "paused":
+                    await self.m.runc.resume(ctid)
+                _, cfg = self.m.load(ctid)
+                net = self.m.net_plan(ctid, cfg)
+                await self.m.net.set_host_links(net, up=True)
+                await self.m.net.announce(net)
+            elif j.was_running:
+                st = await self.m.runc.state(ctid)
+                if st is None or st.status != "running":
+                    await self.m.start_unlocked(ctid)
+        shutil.rmtree(self.work_dir(ctid), ignore_errors=True)
+        journal.remove(self.m.layout.run_dir, "out", ctid)
+        log.info("migration %s: container %d resumed on the source", j.id, ctid)
+
+    async def _finish_source(self, ctid: int, *, keep_source: bool) -> None:
+        """After the commit: the frozen (or stopped) source copy goes away."""
+        lay = self.m.layout
+        st = await self.m.runc.state(ctid)
+        if st is not None:
+            if st.status in ("running", "paused", "created"):
+                await self.m.runc.kill(ctid, signal.SIGKILL, all_processes=True)
+                with contextlib.suppress(VzError):
+                    await self.m.runc.resume(ctid)  # a frozen task dies only once thawed
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    cur = await self.m.runc.state(ctid)
+                    if cur is None or cur.status == "stopped":
+                        break
+                    await asyncio.sleep(0.05)
+            await self.m.runc.delete(ctid, force=True)
+        _, cfg = self.m.load(ctid)
+        with contextlib.suppress(VzError):
+            await self.m.net.teardown(self.m.net_plan(ctid, cfg))
+        await netns.remove(lay.netns_name(ctid))
+        if mounts.is_mountpoint(lay.ve_root(ctid)):
+            await mounts.unmount(lay.ve_root(ctid))
+        shutil.rmtree(self.work_dir(ctid), ignore_errors=True)
+        if keep_source:
+            return
+        conf = lay.conf_file(ctid)
+        os.replace(conf, conf.with_name(f"{ctid}.conf.migrated"))
+        trash = Path(tempfile.mkdtemp(prefix=f".{ctid}.migrated.", dir=lay.private_dir))
+        os.rename(lay.private(ctid), trash / "private")
+        await asyncio.to_thread(shutil.rmtree, trash, True)
+        with contextlib.suppress(OSError):
+            lay.ve_root(ctid).rmdir()
+
+    async def recover(self) -> None:
+        """At agent start: finish or undo outgoing migrations a crash interrupted."""
+        for j in journal.pending(self.m.layout.run_dir, "out"):
+            try:
+                await self._recover_one(j)
+            except Exception as e:
+                log.error("recovering migration %s of %d failed: %s", j.id, j.ctid, e)
+
+    async def _recover_one(self, j: journal.Journal) -> None:
+        lay = self.m.layout
+        if j.state == journal.OUT_PREPARED:
+            await self._abort_remote(j)
+            journal.remove(lay.run_dir, "out", j.ctid)
+            return
+        if j.state == journal.OUT_DONE:
+            await self._finish_source(j.ctid, keep_source=False)
+            journal.remove(lay.run_dir, "out", j.ctid)
+            return
+        remote = await self._remote_state(j)
+        if remote in (journal.IN_COMMITTED, "owned"):
+            log.warning("migration %s: destination owns %d; removing the source copy", j.id, j.ctid)
+            await self._finish_source(j.ctid, keep_source=False)
+            journal.remove(lay.run_dir, "out", j.ctid)
+            return
+        if remote is None and j.state == journal.OUT_COMMIT_SENT:
+            log.error("migration %s: destination unreachable and commit outcome unknown; container %d stays "
+                      "frozen", j.id, j.ctid)
+            return
+        await self._abort_remote(j)
+        log.warning("migration %s: not committed; resuming container %d here", j.id, j.ctid)
+        await self.resume_local(j.ctid, j)
+
+    async def _remote_state(self, j: journal.Journal) -> str | None:
+        try:
+            async with peer_channel(j.peer, self.tls) as ch:
+                st = await pb_grpc.MigrationPeerStub(ch).State(pb.MigrationRef(id=j.id, ctid=j.ctid), timeout=10)
+                return str(st.stage)
+        except (grpc.RpcError, VzError):
+            return None
+
+    async def _abort_remote(self, j: journal.Journal) -> None:
+        with contextlib.suppress(grpc.RpcError, VzError):
+            async with peer_channel(j.peer, self.tls) as ch:
+                await pb_grpc.MigrationPeerStub(ch).Abort(
+                    pb.MigrationRef(id=j.id, ctid=j.ctid, keep_dst=j.keep_dst), timeout=30)
+

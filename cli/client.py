@@ -109,6 +109,14 @@ def node_socket(node: str, base: Path | None = None) -> Path:
                    EXIT_USAGE)
 
 
+def cluster_nodes(base: Path | None = None) -> list[dict[str, Any]]:
+    """The local cluster's node entries (name, address, socket, ...); [] without a cluster."""
+    state = read_cluster_state(cluster_base(base))
+    if state is None:
+        return []
+    return [e for e in state["nodes"] if isinstance(e, dict) and isinstance(e.get("name"), str)]
+
+
 def resolve_socket(node: str | None, explicit_socket: str | None, root: Path | None = None) -> Path:
     """The agent socket a command talks to: a local-cluster node's (`--node`), else `socket_path()`."""
     if node:

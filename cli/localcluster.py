@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from cli import pki
 from cli.client import (
     CLUSTER_STATE_FILE,
     DEFAULT_CLUSTER_BASE,
@@ -245,8 +246,16 @@ def nsenter_argv(netns: str, argv: list[str]) -> list[str]:
     return ["nsenter", f"--net={NETNS_DIR / netns}", "--", *argv]
 
 
+PEER_PORT = 7779  # agent-to-agent gRPC (migrations), mutual TLS
+
+
+def tls_dir(node: NodePlan) -> Path:
+    return node.root / "etc/vz/tls"
+
+
 def agent_argv(node: NodePlan, agent_bin: str) -> list[str]:
-    return nsenter_argv(node.netns, [agent_bin, "--root", str(node.root), "--node", node.name])
+    return nsenter_argv(node.netns, [agent_bin, "--root", str(node.root), "--node", node.name,
+                                     "--listen", f"{node.address}:{PEER_PORT}", "--tls-dir", str(tls_dir(node))])
 
 
 def purge_argv(node: NodePlan, agent_bin: str, netns_present: bool) -> list[str]:
@@ -598,6 +607,7 @@ class LocalCluster:
         for node in plan.nodes:
             for argv in node_commands(plan, node):
                 self._run(argv)
+        self._ensure_pki(plan)
         agent_pids: dict[str, int] = {}
         etcd_pid = self._start(nsenter_argv(plan.lan_netns, etcd_argv(plan)), plan.etcd_out_file)
         self._write_state(plan, agent_pids, etcd_pid)
@@ -611,6 +621,15 @@ class LocalCluster:
             self._wait_agent(node, agent_pids[node.name])
         self.progress(f"cluster up in {time.monotonic() - t0:.1f} s")
 
+    def _ensure_pki(self, plan: ClusterPlan) -> None:
+        """A cluster CA and a certificate per node, for the agents' mutual TLS (idempotent)."""
+        try:
+            ca = pki.ensure_ca(plan.base / "pki", f"vzfleet cluster {self.prefix}")
+            for node in plan.nodes:
+                pki.issue_node_cert(ca, node.name, node.address, tls_dir(node))
+        except pki.PkiError as e:
+            raise ClusterError(f"cannot make the cluster's certificates: {e}") from None
+
     def _repair(self, plan: ClusterPlan, state: dict[str, Any]) -> bool:
         """Start the dead agents and etcd again in the namespaces that still exist; False if some are gone."""
         if set(self._our_netns()) != {plan.lan_netns, *(n.netns for n in plan.nodes)}:
@@ -623,6 +642,7 @@ class LocalCluster:
         if not etcd_pid:
             etcd_pid = self._start(nsenter_argv(plan.lan_netns, etcd_argv(plan)), plan.etcd_out_file)
         agent_bin = agent_binary()
+        self._ensure_pki(plan)
         for node in plan.nodes:
             if not agent_pids[node.name]:
                 agent_pids[node.name] = self._start(agent_argv(node, agent_bin), node.out_file)

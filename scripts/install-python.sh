@@ -45,7 +45,9 @@ fi
 
 # the commands, on root's PATH
 if [ "$(id -u)" = 0 ]; then
-  for cmd in vzctl vzlist vzfleet vzfleet-agent; do
+  # every console script the project declares (vzctl, vzlist, vzmigrate, vzfleet-agent, ...)
+  cmds=$(.venv/bin/python -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["scripts"]))')
+  for cmd in $cmds; do
     ln -sfn "$top/.venv/bin/$cmd" "/usr/local/sbin/$cmd"
   done
 fi

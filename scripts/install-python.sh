@@ -16,10 +16,14 @@ fi
 stamp=.venv/.installed
 want="$(sha256sum pyproject.toml | cut -c1-16) $("$PY" --version 2>&1)"
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "install: creating .venv with $PY" >&2
-  rm -rf .venv
-  "$PY" -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+  # a venv made by another Python is rebuilt; otherwise it is updated in place (processes that
+  # run from it keep working)
+  if [ ! -x .venv/bin/python ] || [ "$(.venv/bin/python --version 2>&1)" != "$("$PY" --version 2>&1)" ]; then
+    echo "install: creating .venv with $PY" >&2
+    rm -rf .venv
+    "$PY" -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+  fi
   # compat mode: the repository root goes on sys.path, so the generated vzapi package is found too
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' --config-settings editable_mode=compat
   echo "$want" > "$stamp"

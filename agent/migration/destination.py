@@ -93,6 +93,7 @@ class Destination:
         self.m = manager
         self.listen_host = listen_host
         self.active: dict[int, Incoming] = {}
+        self._bg: set[asyncio.Task[None]] = set()
 
     @property
     def layout(self):  # type: ignore[no-untyped-def]
@@ -124,7 +125,8 @@ class Destination:
             raise VzError(Kind.INVALID, f"the source sent a broken config: {e}") from None
         if ctid in self.active and self.active[ctid].j.id != mid:
             checks.append(f"FAILED: ctid: another migration of {ctid} is in progress here")
-        if self.m.layout.conf_file(ctid).exists() or self.m.layout.private(ctid).exists():
+        if self.m.layout.conf_file(ctid).exists() or (self.m.layout.private(ctid).exists()
+                                                      and ctid not in self.active):
             checks.append(f"FAILED: ctid: container {ctid} already exists on node {dst.node}")
         else:
             checks.append(f"ok: ctid: {ctid} is free on node {dst.node}")
@@ -139,16 +141,30 @@ class Destination:
         if check_only or not ok:
             return dst, checks, ok, "", ""
         failpoints.hit("dst-prepare")
-        target = self.incoming_dir(ctid)
-        target.mkdir(mode=0o755, exist_ok=True)
+        lay = self.m.layout
         work = self.work_dir(ctid)
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
         j = journal.Journal(id=mid, ctid=ctid, direction="in", state=journal.IN_PREPARED, peer=src.node,
                             online=online)
-        journal.save(self.m.layout.run_dir, j)
+        journal.save(lay.run_dir, j)
         inc = Incoming(j=j, cfg=cfg, conf_text=conf_text)
         self.active[ctid] = inc
-        inc.daemon = await rsyncd.start(self.listen_host, target, work / "rsyncd")
+        try:
+            # the private area is received in place (a kept partial copy of an earlier try is reused);
+            # the incoming journal reserves the CTID until the config file is written at restore
+            if self.incoming_dir(ctid).exists():
+                os.rename(self.incoming_dir(ctid), lay.private(ctid))
+            lay.private(ctid).mkdir(mode=0o755, exist_ok=True)
+            inc.daemon = await rsyncd.start(self.listen_host, lay.private(ctid), work / "rsyncd")
+            if online:
+                # everything a restore needs, made now so that the frozen window holds only the restore
+                await self.m.mount_private(ctid)
+                ns_path = await netns.create(lay.netns_name(ctid))
+                await self.m.net.setup(lay.netns_name(ctid), self.m.net_plan(ctid, cfg), expose=False)
+                self.m.write_bundle(ctid, cfg, ns_path)
+        except BaseException:
+            await self.abort(mid, ctid, keep_dst=False)
+            raise
         log.info("migration %s: prepared to receive container %d from %s", mid, ctid, src.node)
         return dst, checks, ok, inc.daemon.url, inc.daemon.password
 
@@ -165,32 +181,28 @@ class Destination:
         inc = self._get(mid, ctid)
         t0 = time.monotonic()
         if inc.daemon is not None:
-            await inc.daemon.stop()
-            inc.daemon = None
+            # not awaited: the frozen window must not wait for rsync's exit (the daemon is done anyway)
+            daemon, inc.daemon = inc.daemon, None
+            self._bg.add(task := asyncio.create_task(daemon.stop()))
+            task.add_done_callback(self._bg.discard)
         if inc.j.online and inc.manifest is None:
             raise VzError(Kind.STATE, "no verified image set received for this migration")
         failpoints.hit("dst-restore")
         lay = self.m.layout
         conf = ConfFile.parse(inc.conf_text, str(lay.conf_file(ctid)))
         conf.update_values({"VE_ROOT": str(lay.ve_root(ctid)), "VE_PRIVATE": str(lay.private(ctid))})
-        os.rename(self.incoming_dir(ctid), lay.private(ctid))
-        conf.save(lay.conf_file(ctid))
         inc.j.state = journal.IN_RESTORED
         journal.save(lay.run_dir, inc.j)
-        cfg = self.m.load(ctid)[1]
+        conf.save(lay.conf_file(ctid))
         pid = 0
+        log.info("migration %s: restore begins (%.3f s after the RPC arrived)", mid, time.monotonic() - t0)
         if inc.j.online:
-            await self.m.mount_private(ctid)
-            net = self.m.net_plan(ctid, cfg)
-            ns_name = lay.netns_name(ctid)
-            ns_path = await netns.create(ns_name)
-            await self.m.net.setup(ns_name, net, host_up=False)
-            bundle = self.m.write_bundle(ctid, cfg, ns_path)
-            pid = await self.m.runc.restore(ctid, bundle, self.work_dir(ctid) / "img", self.work_dir(ctid) / "restore")
+            pid = await self.m.runc.restore(ctid, lay.bundle(ctid), self.work_dir(ctid) / "img",
+                                            self.work_dir(ctid) / "restore")
         elif start:
             info = await self.m.start(str(ctid))
             pid = info.init_pid
-        log.info("migration %s: container %d restored (pid %d)", mid, ctid, pid)
+        log.info("migration %s: container %d restored (pid %d) in %.3f s", mid, ctid, pid, time.monotonic() - t0)
         return pid, time.monotonic() - t0
 
     async def commit(self, mid: str, ctid: int) -> None:
@@ -205,9 +217,10 @@ class Destination:
         inc.j.state = journal.IN_COMMITTED
         journal.save(self.m.layout.run_dir, inc.j)
         if inc.j.online:
-            net = self.m.net_plan(ctid, inc.cfg)
-            await self.m.net.set_host_links(net, up=True)
-            await self.m.net.announce(net)
+            await self.m.net.expose(self.m.net_plan(ctid, inc.cfg))
+        restore_log = self.work_dir(ctid) / "restore" / "restore.log"
+        with contextlib.suppress(OSError):  # kept beside the bundle for diagnosis
+            shutil.copy(restore_log, self.m.layout.bundle(ctid) / "last-restore.log")
         shutil.rmtree(self.work_dir(ctid), ignore_errors=True)
         journal.remove(self.m.layout.run_dir, "in", ctid)
         self.active.pop(ctid, None)
@@ -231,21 +244,29 @@ class Destination:
 
     async def _discard(self, ctid: int, state: str, *, keep_dst: bool) -> None:
         lay = self.m.layout
-        if state == journal.IN_RESTORED:
-            st = await self.m.runc.state(ctid)
-            if st is not None:
-                if st.status in ("running", "paused", "created"):
-                    with contextlib.suppress(VzError):
-                        await self.m.runc.kill(ctid, signal.SIGKILL, all_processes=True)
-                await self.m.runc.delete(ctid, force=True)
-            with contextlib.suppress(VzError, FileNotFoundError):
-                await self.m.net.teardown(self.m.net_plan(ctid, self.m.load(ctid)[1]))
-            await netns.remove(lay.netns_name(ctid))
-            if mounts.is_mountpoint(lay.ve_root(ctid)):
-                await mounts.unmount(lay.ve_root(ctid))
-            lay.conf_file(ctid).unlink(missing_ok=True)
-            if lay.private(ctid).exists():
+        st = await self.m.runc.state(ctid)
+        if st is not None:
+            if st.status in ("running", "paused", "created"):
+                with contextlib.suppress(VzError):
+                    await self.m.runc.kill(ctid, signal.SIGKILL, all_processes=True)
+            await self.m.runc.delete(ctid, force=True)
+        inc = self.active.get(ctid)
+        if inc is not None:
+            with contextlib.suppress(VzError):
+                await self.m.net.teardown(self.m.net_plan(ctid, inc.cfg))
+        await netns.remove(lay.netns_name(ctid))
+        if mounts.is_mountpoint(lay.ve_root(ctid)):
+            await mounts.unmount(lay.ve_root(ctid))
+        with contextlib.suppress(OSError):
+            lay.ve_root(ctid).rmdir()
+        shutil.rmtree(lay.bundle(ctid), ignore_errors=True)
+        lay.conf_file(ctid).unlink(missing_ok=True)
+        if lay.private(ctid).exists():
+            if keep_dst:
+                shutil.rmtree(self.incoming_dir(ctid), ignore_errors=True)
                 os.rename(lay.private(ctid), self.incoming_dir(ctid))
+            else:
+                await asyncio.to_thread(shutil.rmtree, lay.private(ctid), True)
         if not keep_dst:
             await asyncio.to_thread(shutil.rmtree, self.incoming_dir(ctid), True)
         shutil.rmtree(self.work_dir(ctid), ignore_errors=True)

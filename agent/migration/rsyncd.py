@@ -46,7 +46,10 @@ async def start(host: str, target: Path, workdir: Path) -> RsyncDaemon:
     secrets_file.chmod(0o600)
     conf = workdir / "rsyncd.conf"
     conf.write_text(
-        "use chroot = no\n"
+        "use chroot = yes\n"
+        # chrooted into the module, symlinks of a rootfs arrive verbatim (without chroot, rsync rewrites
+        # absolute ones); the sender is an authenticated peer agent
+        "munge symlinks = no\n"
         f"pid file = {workdir / 'rsyncd.pid'}\n"
         "[ct]\n"
         f"    path = {target}\n"

@@ -258,22 +258,21 @@ class Source:
             j.state = journal.OUT_FROZEN
             journal.save(lay.run_dir, j)  # before the freeze: a crash from here on resumes on restart
             prog.frozen_at = time.monotonic()
-            await self.m.net.set_host_links(net, up=False)
+            await self.m.net.lock(net)
             await self.m.runc.pause(ctid)
             failpoints.hit("src-after-freeze")
             await self.m.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
 
         await self._stage(prog, "dump", "freezing and dumping (network locked)", freeze_and_dump)
-        await self._stage(prog, "sync", "final filesystem sync", lambda: run_rsync(
-            lay.private(ctid), reply.rsync_url, reply.rsync_password, final=True))
         level = images.zstd_level_for(rate)
-        blob, manifest, tar_bytes = await asyncio.to_thread(images.pack, work / "img", level)
-        if failpoints.action("src-corrupt-images") == "corrupt":
-            mid_byte = len(blob) // 2
-            blob = blob[:mid_byte] + bytes([blob[mid_byte] ^ 0xFF]) + blob[mid_byte + 1:]
         truncate = failpoints.action("src-truncate-images") == "corrupt"
 
         async def send() -> None:
+            blob, manifest, tar_bytes = await asyncio.to_thread(images.pack, work / "img", level)
+            if failpoints.action("src-corrupt-images") == "corrupt":
+                mid_byte = len(blob) // 2
+                blob = blob[:mid_byte] + bytes([blob[mid_byte] ^ 0xFF]) + blob[mid_byte + 1:]
+
             def requests() -> Any:
                 sent = 0
                 for data in images.chunks(blob):
@@ -288,7 +287,12 @@ class Source:
             except grpc.RpcError as e:
                 raise _rpc_error(e, "sending the checkpoint images failed") from None
 
-        await self._stage(prog, "images", f"sending {len(blob) >> 10} KiB of images (zstd -{level})", send)
+        async def final_sync() -> None:
+            await run_rsync(lay.private(ctid), reply.rsync_url, reply.rsync_password, final=True)
+
+        # the last filesystem changes and the images travel at the same time
+        await self._stage(prog, "transfer", f"final filesystem sync and images (zstd -{level})",
+                          lambda: asyncio.gather(final_sync(), send()))
         failpoints.hit("src-before-restore")
         try:
             await self._stage(prog, "restore", "restoring on the destination (network still down)",
@@ -365,9 +369,7 @@ class Source:
                 if st is not None and st.status == "paused":
                     await self.m.runc.resume(ctid)
                 _, cfg = self.m.load(ctid)
-                net = self.m.net_plan(ctid, cfg)
-                await self.m.net.set_host_links(net, up=True)
-                await self.m.net.announce(net)
+                await self.m.net.expose(self.m.net_plan(ctid, cfg))
             elif j.was_running:
                 st = await self.m.runc.state(ctid)
                 if st is None or st.status != "running":

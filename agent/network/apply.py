@@ -139,7 +139,7 @@ class NodeNetwork:
 
     # ---- setup / teardown ---------------------------------------------------------------------
 
-    def _node_venet(self, ns_name: str, v: VenetPlan, host_up: bool = True) -> None:
+    def _node_venet(self, ns_name: str, v: VenetPlan, expose: bool = True) -> None:
         with IPRoute() as ipr:
             if v.v4:
                 _set_sysctl("net/ipv4/ip_forward", "1")
@@ -152,11 +152,12 @@ class NodeNetwork:
             assert idx is not None
             _set_sysctl(f"net/ipv4/conf/{v.host_if}/proxy_arp", "1")
             _set_sysctl(f"net/ipv4/neigh/{v.host_if}/proxy_delay", "0")
-            ipr.link("set", index=idx, state="up" if host_up else "down")
+            ipr.link("set", index=idx, state="up")
             if v.v6:
                 with contextlib.suppress(NetlinkError):
                     ipr.addr("add", index=idx, address=VENET_GW6, prefixlen=64, flags=IFA_F_NODAD)
-        self._node_routes(v.host_if, v.addresses)
+        if expose:
+            self._node_routes(v.host_if, v.addresses)
 
     def _node_routes(self, host_if: str, addresses: Sequence[str]) -> None:
         with IPRoute() as ipr:
@@ -196,7 +197,7 @@ class NodeNetwork:
                 with contextlib.suppress(NetlinkError):
                     ipr.route("del", dst=addr, dst_len=128 if v6 else 32, family=10 if v6 else 2)
 
-    def _node_veth(self, ns_name: str, v: VethPlan, host_up: bool = True) -> None:
+    def _node_veth(self, ns_name: str, v: VethPlan, expose: bool = True) -> None:
         with IPRoute() as ipr:
             if (old := _ifindex(ipr, v.host_if)) is not None:
                 ipr.link("del", index=old)
@@ -215,7 +216,7 @@ class NodeNetwork:
             assert idx is not None
             if master is not None:
                 ipr.link("set", index=idx, master=master)
-            ipr.link("set", index=idx, state="up" if host_up else "down")
+            ipr.link("set", index=idx, state="up" if expose else "down")
 
     @staticmethod
     def _ct_side(plan: NetPlan) -> None:
@@ -234,25 +235,40 @@ class NodeNetwork:
                 if idx is not None:
                     ipr.link("set", index=idx, state="up")
 
-    async def setup(self, ns_name: str, plan: NetPlan, *, host_up: bool = True) -> None:
+    async def setup(self, ns_name: str, plan: NetPlan, *, expose: bool = True) -> None:
         """Create and configure every interface of the plan; the container's namespace exists.
 
-        host_up=False leaves the node ends down: nothing reaches the container yet (a restore
-        in progress must not answer, or the peer's kernel would reset its TCP connections).
+        expose=False creates everything but makes the container unreachable from the LAN: no host
+        routes or proxy entries for venet, bridged veths down. A restore in progress must not be
+        reached, or this node's kernel would reset the TCP connections being restored. expose()
+        finishes the job.
         """
         try:
             if plan.venet is not None:
-                await asyncio.to_thread(self._node_venet, ns_name, plan.venet, host_up)
+                await asyncio.to_thread(self._node_venet, ns_name, plan.venet, expose)
             for v in plan.veths:
-                await asyncio.to_thread(self._node_veth, ns_name, v, host_up)
+                await asyncio.to_thread(self._node_veth, ns_name, v, expose)
             await netns.run_in(ns_name, lambda: self._ct_side(plan))
         except NetlinkError as e:
             raise VzError(Kind.FAILED, f"network setup failed: {e}") from None
 
-    async def set_host_links(self, plan: NetPlan, *, up: bool) -> None:
-        """Node ends of the container's interfaces up or down: the network lock of a migration."""
+    async def lock(self, plan: NetPlan) -> None:
+        """Cut the container off (node ends down): the network lock of a migration's freeze.
+
+        Taking a link down also flushes the IPv4 routes through it; unlock() puts them back.
+        """
         names = [v.host_if for v in plan.veths] + ([plan.venet.host_if] if plan.venet else [])
-        await asyncio.to_thread(self._set_links, names, up)
+        await asyncio.to_thread(self._set_links, names, False)
+        if plan.venet is not None:  # stop answering ARP/NDP for the addresses on the LAN
+            await asyncio.to_thread(self._node_unroute, plan.venet.addresses)
+
+    async def expose(self, plan: NetPlan) -> None:
+        """Make the container reachable again: node ends up, routes and proxy entries, announced."""
+        names = [v.host_if for v in plan.veths] + ([plan.venet.host_if] if plan.venet else [])
+        await asyncio.to_thread(self._set_links, names, True)
+        if plan.venet is not None:
+            await asyncio.to_thread(self._node_routes, plan.venet.host_if, plan.venet.addresses)
+        await self.announce(plan)
 
     @staticmethod
     def _set_links(names: Sequence[str], up: bool) -> None:

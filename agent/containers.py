@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import cgroups, mounts, proc
+from agent import beancounters, cgroups, mounts, proc
+from agent.checkpoint import dumpfile as dumpfile_io
 from agent.config.conffile import ConfFile, ConfigError
 from agent.config.params import ContainerConfig, ParamError, apply_params
 from agent.config.samples import sample_text
@@ -30,7 +31,7 @@ from agent.layout import CTID_MAX, CTID_MIN, NodeLayout
 from agent.network import netns
 from agent.network import plan as netplan
 from agent.network.apply import NodeNetwork
-from agent.runtime import limits
+from agent.runtime import apply_limits, limits
 from agent.runtime.oci import ContainerSpec, build_spec
 from agent.runtime.runc import Runc, State, pid_alive, uptime_seconds
 from agent.storage import rootfs
@@ -44,7 +45,8 @@ LOCK_WAIT_S = 30.0
 # stored but not enforced yet: the agent says so in its reply instead of ignoring them silently.
 STORED_ONLY = frozenset({"name", "description", "onboot", "bootorder", "disabled", "stop-timeout", "ostemplate"})
 LIVE = frozenset({"hostname", "ipadd", "ipdel", "nameserver", "searchdomain", "ram", "swap", "physpages",
-                  "swappages", "cpuunits", "cpulimit", "cpus", "cpumask", "nodemask", "numproc"})
+                  "swappages", "cpuunits", "cpulimit", "cpus", "cpumask", "nodemask", "numproc"}) \
+    | limits.LIVE_RESOURCE_OPTS
 AT_START = frozenset({"capability", "netfilter", "netif-add", "netif-del"})
 RESOURCE_OPTS = LIVE - {"hostname", "ipadd", "ipdel", "nameserver", "searchdomain"}
 UNSUPPORTED = frozenset({"userpasswd"})
@@ -187,14 +189,14 @@ class ContainerManager:
             exists=exists,
             mounted=mounts.is_mountpoint(self.layout.ve_root(ctid)),
             running=st is not None and st.status in ("running", "paused"),
-            suspended=st is not None and st.status == "paused",
+            suspended=(st is not None and st.status == "paused") or self.dump_path(ctid).exists(),
         )
 
     async def info(self, ctid: int, states: dict[str, State] | None = None) -> Info:
         _, cfg = self.load(ctid)
         st = states.get(str(ctid)) if states is not None else await self._state(ctid)
         running = st is not None and st.status in ("running", "paused") and pid_alive(st.pid)
-        status = "stopped"
+        status = "suspended" if self.dump_path(ctid).exists() else "stopped"
         if running and st is not None:
             status = "suspended" if st.status == "paused" else "running"
         pid = st.pid if running and st is not None else 0
@@ -219,7 +221,7 @@ class ContainerManager:
             except VzError as e:
                 log.warning("skipping container %d: %s", ctid, e)
                 continue
-            running = info.status != "stopped"
+            running = info.init_pid != 0
             if (stopped_only and running) or (not stopped_only and not include_stopped and not running
                                               and not refs):
                 continue
@@ -358,6 +360,94 @@ class ContainerManager:
             await mounts.unmount(root)
         return await self.info(ctid)
 
+    # ---- suspend / resume (checkpoint to a file) --------------------------------------------
+
+    def dump_path(self, ctid: int, dumpfile: str = "") -> Path:
+        if not dumpfile:
+            return self.layout.dump_dir / f"Dump.{ctid}"
+        path = Path(dumpfile)
+        if not path.is_absolute() or "\0" in dumpfile:
+            raise VzError(Kind.INVALID, f"--dumpfile {dumpfile!r}: give an absolute path")
+        return path
+
+    async def suspend(self, ref: str, dumpfile: str = "") -> Info:
+        """Checkpoint a running container into a dump file (CRIU) and stop it."""
+        ctid = self.resolve(ref)
+        path = self.dump_path(ctid, dumpfile)
+        async with self._locked(ctid, "suspend"):
+            st = await self._state(ctid)
+            if st is None or st.status not in ("running", "paused"):
+                raise VzError(Kind.STATE, f"container {ctid} is not running")
+            if path.exists():
+                raise VzError(Kind.EXISTS, f"dump file {path} already exists; resume from it or remove it")
+            _, cfg = self.load(ctid)
+            net = self.net_plan(ctid, cfg)
+            work = self.layout.run_dir / "checkpoint" / str(ctid)
+            shutil.rmtree(work, ignore_errors=True)
+            (work / "img").mkdir(parents=True, mode=0o700)
+            await self.net.lock(net)
+            try:
+                if st.status == "running":
+                    await self.runc.pause(ctid)
+                await self.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
+                size = await asyncio.to_thread(dumpfile_io.write, work / "img", path, ctid)
+            except BaseException:
+                with contextlib.suppress(VzError):
+                    await self.runc.resume(ctid)
+                await self.net.expose(net)
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+            # the dump is safe on disk: only now does the frozen container go away
+            await self.runc.kill(ctid, signal.SIGKILL, all_processes=True)
+            with contextlib.suppress(VzError):
+                await self.runc.resume(ctid)
+            await self.runc.delete(ctid, force=True)
+            await self._cleanup_stopped(ctid)
+            shutil.rmtree(work, ignore_errors=True)
+            log.info("suspended container %d into %s (%d bytes)", ctid, path, size)
+        return await self.info(ctid)
+
+    async def resume(self, ref: str, dumpfile: str = "") -> Info:
+        """Restore a container from its dump file; the file is removed once it runs again."""
+        ctid = self.resolve(ref)
+        path = self.dump_path(ctid, dumpfile)
+        async with self._locked(ctid, "resume"):
+            st = await self._state(ctid)
+            if st is not None and st.status in ("running", "paused"):
+                if st.status == "paused" and not dumpfile:
+                    await self.runc.resume(ctid)  # a frozen container: just thaw it
+                    return await self.info(ctid)
+                raise VzError(Kind.STATE, f"container {ctid} is already running")
+            if st is not None:
+                await self.runc.delete(ctid, force=True)
+            work = self.layout.run_dir / "checkpoint" / str(ctid)
+            src = await asyncio.to_thread(dumpfile_io.read, path, work / "img")
+            if src != ctid:
+                shutil.rmtree(work, ignore_errors=True)
+                raise VzError(Kind.INVALID, f"{path} holds container {src}, not {ctid}")
+            _, cfg = self.load(ctid)
+            net = self.net_plan(ctid, cfg)
+            undo: list[tuple[str, object]] = []
+            try:
+                if await self.mount_private(ctid):
+                    undo.append(("umount", ctid))
+                ns_name = self.layout.netns_name(ctid)
+                ns_path = await netns.create(ns_name)
+                undo += [("netns", ns_name), ("net", ctid)]
+                await self.net.setup(ns_name, net, expose=False)
+                bundle = self.write_bundle(ctid, cfg, ns_path)
+                undo.append(("runc", ctid))
+                await self.runc.restore(ctid, bundle, work / "img", work / "restore")
+                await self.net.expose(net)
+            except BaseException:
+                await self._undo(undo)
+                raise
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            path.unlink(missing_ok=True)
+            log.info("resumed container %d from %s", ctid, path)
+        return await self.info(ctid)
+
     async def start(self, ref: str, *, wait: bool = False, force: bool = False) -> Info:
         ctid = self.resolve(ref)
         async with self._locked(ctid, "start"):
@@ -394,6 +484,7 @@ class ContainerManager:
             undo.append(("runc", ctid))
             pid = await self.runc.run_detached(ctid, bundle)
             log.info("started container %d (init pid %d)", ctid, pid)
+            await apply_limits.at_start(self.layout, ctid, cfg)
             await self.net.announce(net)
             if wait:
                 await self._wait_ready(ctid)
@@ -435,7 +526,7 @@ class ContainerManager:
         # a connection waiting in a listen backlog must not fail the dump (runc notes, pitfall 2)
         criu_conf = bundle / "criu.conf"
         criu_conf.write_text("skip-in-flight\n")
-        oci = build_spec(spec)
+        oci = limits.amend_spec(build_spec(spec), cfg, limits.agent_hard_limits())
         oci["annotations"]["org.criu.config"] = str(criu_conf)
         tmp = bundle / "config.json.tmp"
         tmp.write_text(json.dumps(oci, indent=2))
@@ -587,6 +678,9 @@ class ContainerManager:
 
     async def set_params(self, ref: str, params: Sequence[tuple[str, str]], *, save: bool,
                   setmode: str = "") -> SetResult:
+        params, reset_ub = beancounters.split_reset_ub(params)
+        if reset_ub and not params:
+            return await self.reset_ub(ref)
         if not params:
             raise VzError(Kind.INVALID, "nothing to set: give at least one option, e.g. --hostname NAME")
         if setmode not in ("", "restart", "ignore"):
@@ -613,7 +707,7 @@ class ContainerManager:
             if bad := sorted(opts & UNSUPPORTED):
                 raise VzError(Kind.INVALID, "not supported yet: " + ", ".join(f"--{o}" for o in bad))
             needs_restart = sorted(opts & AT_START)
-            not_enforced = sorted(opts - LIVE - STORED_ONLY - AT_START)
+            not_enforced = sorted(opts - LIVE - STORED_ONLY - AT_START - limits.NOT_ENFORCEABLE.keys())
             notes: list[str] = []
             if not running and not save:
                 raise VzError(Kind.STATE, f"container {ctid} is not running, so nothing can be applied "
@@ -638,6 +732,17 @@ class ContainerManager:
             if not_enforced:
                 notes.append("stored but not enforced by this version: "
                              + ", ".join(f"--{o}" for o in not_enforced))
+            notes += limits.not_enforceable_notes(sorted(opts))
+        if reset_ub:
+            notes += (await self.reset_ub(str(ctid))).notes
+        return SetResult(await self.info(ctid), notes)
+
+    async def reset_ub(self, ref: str) -> SetResult:
+        """`vzctl set --reset_ub`: the container's fail counters start again from 0."""
+        ctid = await self.require_running(ref)
+        info = await self.info(ctid)
+        acct = beancounters.for_node(self.layout.node) or beancounters.Accountant(self.layout)
+        notes = await asyncio.to_thread(acct.reset, ctid, info.init_pid)
         return SetResult(await self.info(ctid), notes)
 
     async def _apply_live(self, ctid: int, pid: int, old: ContainerConfig, new: ContainerConfig,
@@ -657,6 +762,7 @@ class ContainerManager:
             res = limits.resources(new)
             await self.runc.update(ctid, res.to_oci())
             notes.append("resource limits applied")
+            notes += await apply_limits.live(self.layout, ctid, pid, new, opts)
         return notes
 
     # ---- exec ---------------------------------------------------------------------------------

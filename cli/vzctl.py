@@ -94,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--stop-timeout", type=int, default=0, metavar="S",
                        help="seconds to wait for the clean halt (default: the container's STOP_TIMEOUT)")
     cmd("status", "print CTID N exist|deleted mounted|unmounted running|down [suspended]")
+    for name, alias, help in (
+        ("suspend", "chkpnt", "checkpoint a running container into a dump file (CRIU) and stop it; "
+                              "its processes, memory and TCP connections come back with resume"),
+        ("resume", "restore", "restore a suspended container from its dump file"),
+    ):
+        x = cmd(name, help, alias)
+        x.add_argument("--dumpfile", default="", metavar="FILE",
+                       help="absolute path of the dump file (default: the node's dump dir, Dump.CTID)")
     cmd("destroy", "remove a stopped container's private area and config", "delete")
     cmd("mount", "mount the private area on the container root")
     cmd("umount", "unmount the container root")
@@ -133,7 +141,7 @@ def say(args: argparse.Namespace, text: str) -> None:
 
 
 def run(args: argparse.Namespace, rest: list[str], parser: argparse.ArgumentParser) -> int:
-    command = {"delete": "destroy"}.get(args.command, args.command)
+    command = {"delete": "destroy", "chkpnt": "suspend", "restore": "resume"}.get(args.command, args.command)
     if rest and command not in ("create", "set"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     sock = resolve_socket(args.node, args.socket, default_root())
@@ -263,10 +271,23 @@ def _set(agent: Agent, args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _dump(agent: Agent, args: argparse.Namespace, rest: list[str]) -> int:
+    req = pb.DumpRequest(ct=ct(args.ctid), dumpfile=args.dumpfile)
+    if args.command in ("suspend", "chkpnt"):
+        say(args, f"Suspending container {args.ctid} ...")
+        call(agent.containers.Suspend, req, timeout=1800)
+        say(args, f"Container {args.ctid} was suspended")
+    else:
+        say(args, f"Resuming container {args.ctid} ...")
+        info = call(agent.containers.Resume, req, timeout=1800)
+        say(args, f"Container {info.ctid} is running again (init pid {info.init_pid})")
+    return 0
+
+
 HANDLERS = {
     "create": _create, "start": _start, "stop": _stop, "restart": _stop, "status": _status,
     "destroy": _destroy, "mount": _mount, "umount": _mount, "exec": _exec, "exec2": _exec,
-    "runscript": _runscript, "enter": _enter, "set": _set,
+    "runscript": _runscript, "enter": _enter, "set": _set, "suspend": _dump, "resume": _dump,
 }
 
 

@@ -103,6 +103,14 @@ class ContainerService(pb_grpc.ContainerServiceServicer):
     async def Umount(self, request: pb.CtRef, context: Ctx) -> pb.ContainerInfo:
         return to_pb(await self.m.umount(request.ctid), self.node)
 
+    @unary
+    async def Suspend(self, request: pb.DumpRequest, context: Ctx) -> pb.ContainerInfo:
+        return to_pb(await self.m.suspend(request.ct.ctid, request.dumpfile), self.node)
+
+    @unary
+    async def Resume(self, request: pb.DumpRequest, context: Ctx) -> pb.ContainerInfo:
+        return to_pb(await self.m.resume(request.ct.ctid, request.dumpfile), self.node)
+
     @streaming
     async def Exec(self, request: pb.ExecRequest, context: Ctx) -> AsyncIterator[pb.ExecOutput]:
         argv = _check_argv(list(request.argv))

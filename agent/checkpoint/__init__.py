@@ -1,0 +1,1 @@
+"""Checkpoint/restore of one container to a file (vzctl suspend|chkpnt, resume|restore)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import queue
 import select
-import shutil
 import signal
 import sys
 import termios
@@ -21,8 +20,14 @@ from vzapi import container_pb2 as pb
 
 
 def _size() -> pb.WindowSize:
-    cols, rows = shutil.get_terminal_size((80, 24))
-    return pb.WindowSize(rows=rows, cols=cols)
+    """The real size of our terminal (not $COLUMNS/$LINES, which may be stale)."""
+    for fd in (0, 1, 2):
+        try:
+            size = os.get_terminal_size(fd)
+            return pb.WindowSize(rows=size.lines, cols=size.columns)
+        except OSError:
+            continue
+    return pb.WindowSize(rows=24, cols=80)
 
 
 def enter(agent: Agent, ref: str, argv: list[str], *, quiet: bool = False) -> int:

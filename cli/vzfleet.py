@@ -94,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "up" and args.nodes is not None:
         return cluster_up(LocalCluster(subnet=args.subnet, base=cluster_base(args.base), progress=progress),
                           args.nodes)
-    if args.command in ("down", "status"):
+    single_agent = args.root is not None or args.socket or os.environ.get("VZFLEET_ROOT") \
+        or os.environ.get("VZFLEET_SOCKET")
+    if args.command in ("down", "status") and (args.base is not None or not single_agent):
+        # an explicit node root or socket means that one agent, never the local cluster
         cluster = LocalCluster.at(cluster_base(args.base), progress=progress)
         if cluster.state() is not None or (args.command == "down" and cluster.has_leftovers()):
             return cluster_down(cluster) if args.command == "down" else cluster_status(cluster, args.json)

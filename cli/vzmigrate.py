@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--nodeps", nargs="?", const="all", default="", metavar="CHECK,...",
                    help=f"skip preflight checks ({', '.join(CHECKS)}; default: all but ctid)")
     p.add_argument("--mode", choices=["auto", "precopy", "postcopy", "stopcopy"], default="auto")
-    p.add_argument("-v", "--verbose", action="store_true", help="progress is always printed; accepted for OpenVZ compatibility")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="progress is always printed; accepted for OpenVZ compatibility")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--node", help="source node of the local cluster (default: the node that has CTID)")
     p.add_argument("--socket", help="source agent socket")

@@ -34,6 +34,12 @@ COLUMNS: dict[str, tuple[str, int, bool]] = {
     "node": ("NODE", 10, False),
 }
 NUMERIC = frozenset({"ctid", "numproc", "bootorder", "initpid", "cpuunits", "cpulimit", "cpus"})
+# beancounters (held) and their .m maxheld, .b barrier, .l limit, .f failcnt: numbers or "unlimited"
+BEANCOUNTERS = frozenset({
+    "kmemsize", "lockedpages", "privvmpages", "shmpages", "numproc", "physpages", "vmguarpages",
+    "oomguarpages", "numtcpsock", "numflock", "numpty", "numsiginfo", "tcpsndbuf", "tcprcvbuf",
+    "othersockbuf", "dgramrcvbuf", "numothersock", "dcachesize", "numfile", "numiptent", "swappages"})
+NUMERIC = NUMERIC | BEANCOUNTERS | {f"{b}.{s}" for b in BEANCOUNTERS for s in "mblf"}
 
 
 class ListingError(ValueError):

@@ -102,8 +102,8 @@ def load_tls(tls_dir: Path) -> Tls | None:
 
 async def serve(layout: NodeLayout, socket_path: Path, listen: str | None, tls: Tls | None) -> None:
     manager = ContainerManager(layout)
-    source = Source(manager, tls)
     listen_host = listen.rsplit(":", 1)[0].strip("[]") if listen else "127.0.0.1"
+    source = Source(manager, tls, listen_host)
     dest = Destination(manager, listen_host)
     await dest.recover()
     await source.recover()

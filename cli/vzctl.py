@@ -272,7 +272,7 @@ def _set(agent: Agent, args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _dump(agent: Agent, args: argparse.Namespace, rest: list[str]) -> int:
-    req = pb.DumpRequest(ct=ct(args.ctid), dumpfile=args.dumpfile)
+    req = pb.CheckpointRequest(ct=ct(args.ctid), dumpfile=args.dumpfile)
     if args.command in ("suspend", "chkpnt"):
         say(args, f"Suspending container {args.ctid} ...")
         call(agent.containers.Suspend, req, timeout=1800)

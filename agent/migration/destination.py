@@ -86,6 +86,7 @@ class Incoming:
     conf_text: str
     daemon: rsyncd.RsyncDaemon | None = None
     manifest: Mapping[str, str] | None = None
+    lazy_pages: asyncio.subprocess.Process | None = None
 
 
 class Destination:
@@ -175,7 +176,33 @@ class Destination:
         stream_file.unlink(missing_ok=True)
         inc.manifest = dict(manifest)
 
-    async def restore(self, mid: str, ctid: int, *, start: bool) -> tuple[int, float]:
+    async def _start_lazy_pages(self, inc: Incoming, page_server: str) -> Path:
+        """CRIU's lazy-pages daemon: serves the restored tasks' page faults from the source."""
+        host, _, port = page_server.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise VzError(Kind.INVALID, f"invalid page server address {page_server!r}")
+        binary = facts.criu_binary()
+        if binary is None:
+            raise VzError(Kind.FAILED, "no criu binary for lazy pages")
+        work = self.work_dir(inc.j.ctid) / "restore"
+        work.mkdir(parents=True, exist_ok=True)
+        sock = work / "lazy-pages.socket"
+        sock.unlink(missing_ok=True)
+        inc.lazy_pages = await asyncio.create_subprocess_exec(
+            binary, "lazy-pages", "--page-server", "--address", host, "--port", port,
+            "-D", str(self.work_dir(inc.j.ctid) / "img"), "-W", str(work), "-o", "lazy-pages.log", "-v4",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if inc.lazy_pages.returncode is not None or time.monotonic() > deadline:
+                raise VzError(Kind.FAILED, "CRIU's lazy-pages daemon did not start (see lazy-pages.log)")
+            await asyncio.sleep(0.005)
+        return work
+
+    async def restore(self, mid: str, ctid: int, *, start: bool, lazy: bool = False,
+                      page_server: str = "") -> tuple[int, float]:
         """Make the received container this node's: online -> restored from its images with the
         node side of its network still down; offline -> started only if `start`."""
         inc = self._get(mid, ctid)
@@ -197,8 +224,10 @@ class Destination:
         pid = 0
         log.info("migration %s: restore begins (%.3f s after the RPC arrived)", mid, time.monotonic() - t0)
         if inc.j.online:
+            if lazy:
+                await self._start_lazy_pages(inc, page_server)
             pid = await self.m.runc.restore(ctid, lay.bundle(ctid), self.work_dir(ctid) / "img",
-                                            self.work_dir(ctid) / "restore")
+                                            self.work_dir(ctid) / "restore", lazy=lazy)
         elif start:
             info = await self.m.start(str(ctid))
             pid = info.init_pid
@@ -221,10 +250,23 @@ class Destination:
         restore_log = self.work_dir(ctid) / "restore" / "restore.log"
         with contextlib.suppress(OSError):  # kept beside the bundle for diagnosis
             shutil.copy(restore_log, self.m.layout.bundle(ctid) / "last-restore.log")
-        shutil.rmtree(self.work_dir(ctid), ignore_errors=True)
+        if inc.lazy_pages is not None and inc.lazy_pages.returncode is None:
+            # the daemon keeps fetching pages after the commit: clean up when it is done
+            self._bg.add(task := asyncio.create_task(self._after_lazy(ctid, inc.lazy_pages)))
+            task.add_done_callback(self._bg.discard)
+        else:
+            shutil.rmtree(self.work_dir(ctid), ignore_errors=True)
         journal.remove(self.m.layout.run_dir, "in", ctid)
         self.active.pop(ctid, None)
         log.info("migration %s: container %d committed on node %s", mid, ctid, self.m.layout.node)
+
+    async def _after_lazy(self, ctid: int, daemon: asyncio.subprocess.Process) -> None:
+        rc = await daemon.wait()
+        if rc != 0:
+            log.error("lazy-pages daemon of container %d exited with %d: pages may be missing", ctid, rc)
+        else:
+            log.info("container %d: every memory page arrived from the source", ctid)
+        shutil.rmtree(self.work_dir(ctid), ignore_errors=True)
 
     async def abort(self, mid: str, ctid: int, *, keep_dst: bool) -> None:
         """Undo everything this side did for the migration (idempotent)."""
@@ -236,6 +278,9 @@ class Destination:
             raise VzError(Kind.STATE, f"migration {j.id} of {ctid} is committed here; it cannot be aborted")
         if inc is not None and inc.daemon is not None:
             await inc.daemon.stop()
+        if inc is not None and inc.lazy_pages is not None and inc.lazy_pages.returncode is None:
+            inc.lazy_pages.kill()
+            await inc.lazy_pages.wait()
         await self._discard(ctid, j.state, keep_dst=keep_dst)
         journal.remove(self.m.layout.run_dir, "in", ctid)
         self.active.pop(ctid, None)

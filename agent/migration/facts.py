@@ -75,3 +75,42 @@ def free_memory() -> int:
 
 def kernel() -> str:
     return platform.release()
+
+
+def container_memory(cgpath: str) -> int:
+    """Memory the container's cgroup uses now, in bytes (0 if unknown)."""
+    rel = cgpath.strip("/")
+    for f in (Path("/sys/fs/cgroup") / rel / "memory.current",
+              Path("/sys/fs/cgroup/memory") / rel / "memory.usage_in_bytes"):
+        try:
+            return int(f.read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+PIPE_MAX = 4 << 20
+
+
+def ensure_pipe_max_size() -> str | None:
+    """CRIU's lazy pages need pipes of ~4 MiB; root without CAP_SYS_RESOURCE is bound by
+    fs.pipe-max-size (1 MiB by default). Raise it when needed; returns a note saying so."""
+    path = Path("/proc/sys/fs/pipe-max-size")
+    try:
+        if int(path.read_text()) >= PIPE_MAX:
+            return None
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:") and int(line.split()[1], 16) & (1 << 24):
+                return None  # CAP_SYS_RESOURCE: CRIU may exceed the limit itself
+        path.write_text(str(PIPE_MAX))
+    except (OSError, ValueError) as e:
+        return f"could not raise fs.pipe-max-size for CRIU lazy pages: {e}"
+    return f"raised fs.pipe-max-size to {PIPE_MAX} for CRIU lazy pages (no CAP_SYS_RESOURCE here)"
+
+
+def free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -26,7 +26,7 @@ import grpc
 from agent import mounts, proc
 from agent.containers import ContainerManager
 from agent.errors import Kind, VzError
-from agent.migration import failpoints, images, journal, rsyncd
+from agent.migration import facts, failpoints, images, journal, rsyncd
 from agent.migration.destination import Facts, node_facts
 from agent.network import netns
 from vzapi import migration_pb2 as pb
@@ -61,25 +61,36 @@ class Progress:
         self.events.put_nowait(pb.MigrateEvent(stage=stage, message=message, bytes=done_bytes, total=total))
 
 
-def choose_mode(requested: str, online: bool, src: Facts, dst: Facts) -> tuple[str, str]:
-    """Pure: the migration mode and why."""
+POSTCOPY_MIN_BYTES = 64 << 20
+
+
+def choose_mode(requested: str, online: bool, src: Facts, dst: Facts, memory_bytes: int = 0) -> tuple[str, str]:
+    """Pure: the migration mode and why.
+
+    auto: pre-copy needs dirty-page tracking on both kernels (not implemented yet, so never picked);
+    post-copy needs userfaultfd on the destination and pays off for containers with much memory;
+    stop-and-copy is always possible and the only mode whose failure can never lose the container.
+    """
     if not online:
         return "offline", "without --online the container is stopped, moved and started"
-    both = set(src.criu_features) & set(dst.criu_features)
-    dirty = "mem_dirty_track" in both
+    dirty = "mem_dirty_track" in set(src.criu_features) & set(dst.criu_features)
+    uffd = "uffd-noncoop" in dst.criu_features
     if requested in ("", "auto"):
-        if dirty:
-            return "stopcopy", ("dirty-page tracking is available, but iterative pre-copy is not implemented "
-                                "yet; using stop-and-copy")
-        return "stopcopy", ("the kernel cannot track dirty pages (no pre-copy); stop-and-copy is the mode "
-                            "whose failure can never lose the container")
+        if uffd and memory_bytes >= POSTCOPY_MIN_BYTES:
+            return "postcopy", (f"{memory_bytes >> 20} MiB of memory and userfaultfd on the destination: the "
+                                "container resumes there before its memory has moved (lazy pages)")
+        why = "no dirty-page tracking for pre-copy" if not dirty else "pre-copy is not implemented yet"
+        small = f"only {memory_bytes >> 20} MiB of memory" if uffd else "no userfaultfd for post-copy"
+        return "stopcopy", f"{why}; {small}: stop-and-copy"
     if requested == "precopy":
         if not dirty:
             raise VzError(Kind.INVALID, "pre-copy needs dirty-page tracking (CONFIG_MEM_SOFT_DIRTY), which "
-                                        "this kernel lacks; use --mode auto or stopcopy")
-        raise VzError(Kind.INVALID, "pre-copy is not implemented yet; use --mode stopcopy")
+                                        "this kernel lacks; use --mode auto, postcopy or stopcopy")
+        raise VzError(Kind.INVALID, "pre-copy is not implemented yet; use --mode postcopy or stopcopy")
     if requested == "postcopy":
-        raise VzError(Kind.INVALID, "post-copy (lazy pages) is not implemented yet; use --mode stopcopy")
+        if not uffd:
+            raise VzError(Kind.INVALID, "post-copy needs userfaultfd on the destination; use --mode stopcopy")
+        return "postcopy", "requested"
     if requested == "stopcopy":
         return "stopcopy", "requested"
     raise VzError(Kind.INVALID, f"unknown mode {requested!r}: use auto, precopy, postcopy or stopcopy")
@@ -111,6 +122,28 @@ def _rpc_error(e: grpc.RpcError, what: str) -> VzError:
     return VzError(Kind.FAILED, f"{what}: {details}")
 
 
+async def _stop_lazy_dump(p: asyncio.subprocess.Process) -> None:
+    """Abort a post-copy dump before any restore used it: CRIU releases the (still frozen) tasks."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(p.wait(), 10)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        await p.wait()
+
+
+async def _wait_lazy_dump(p: asyncio.subprocess.Process, timeout: float = 900) -> None:
+    try:
+        rc = await asyncio.wait_for(p.wait(), timeout)
+    except TimeoutError:
+        raise VzError(Kind.FAILED, "the destination did not fetch every memory page in time") from None
+    if rc != 0:
+        err = (await p.stderr.read()).decode(errors="replace")[-300:] if p.stderr else ""
+        raise VzError(Kind.FAILED, f"the post-copy page server ended with {rc}: {err}")
+
+
 async def dir_bytes(path: Path) -> int:
     res = await proc.run(["du", "-sb", str(path)], check=False, timeout=120)
     try:
@@ -135,9 +168,10 @@ async def run_rsync(src: Path, url: str, password: str, *, final: bool) -> tuple
 
 
 class Source:
-    def __init__(self, manager: ContainerManager, tls: Tls | None) -> None:
+    def __init__(self, manager: ContainerManager, tls: Tls | None, listen_host: str = "127.0.0.1") -> None:
         self.m = manager
         self.tls = tls
+        self.listen_host = listen_host
 
     def work_dir(self, ctid: int) -> Path:
         return self.m.layout.run_dir / "migrations" / f"out-{ctid}"
@@ -215,7 +249,9 @@ class Source:
             if not reply.ok:
                 failed = [c.removeprefix("FAILED: ") for c in reply.checks if c.startswith("FAILED")]
                 raise VzError(Kind.STATE, "migration refused: " + "; ".join(failed))
-            prog.mode, prog.mode_reason = choose_mode(req.mode, online, src, facts_from_pb(reply.destination))
+            memory = facts.container_memory(lay.cgroup_path(ctid)) if online else 0
+            prog.mode, prog.mode_reason = choose_mode(req.mode, online, src, facts_from_pb(reply.destination),
+                                                      memory)
             prog.say("preflight", f"mode {prog.mode}: {prog.mode_reason}")
             if req.check_only:
                 return
@@ -228,7 +264,7 @@ class Source:
                                                              reply.rsync_password, final=False))
             rate = sent / secs if secs > 0 and sent > 1 << 20 else None
             if online:
-                await self._online(ctid, mid, peer, j, prog, reply, rate)
+                await self._online(ctid, mid, peer, j, prog, reply, rate, lazy=prog.mode == "postcopy")
             else:
                 await self._offline(ctid, mid, peer, j, prog, reply, running)
         except BaseException as exc:
@@ -246,7 +282,7 @@ class Source:
         prog.say("done", f"container {ctid} now runs on {req.destination}")
 
     async def _online(self, ctid: int, mid: str, peer: pb_grpc.MigrationPeerStub, j: journal.Journal,
-                      prog: Progress, reply: pb.PrepareReply, rate: float | None) -> None:
+                      prog: Progress, reply: pb.PrepareReply, rate: float | None, *, lazy: bool) -> None:
         lay = self.m.layout
         _, cfg = self.m.load(ctid)
         net = self.m.net_plan(ctid, cfg)
@@ -254,16 +290,44 @@ class Source:
         shutil.rmtree(work, ignore_errors=True)
         (work / "img").mkdir(parents=True, mode=0o700)
 
+        page_server = ""
+        lazy_dump: asyncio.subprocess.Process | None = None
+        if lazy:
+            if note := facts.ensure_pipe_max_size():
+                log.warning("%s", note)
+                prog.say("dump", note)
+            host = self.listen_host
+            page_server = f"[{host}]:{facts.free_port(host)}" if ":" in host else f"{host}:{facts.free_port(host)}"
+
         async def freeze_and_dump() -> None:
+            nonlocal lazy_dump
             j.state = journal.OUT_FROZEN
             journal.save(lay.run_dir, j)  # before the freeze: a crash from here on resumes on restart
             prog.frozen_at = time.monotonic()
             await self.m.net.lock(net)
             await self.m.runc.pause(ctid)
             failpoints.hit("src-after-freeze")
-            await self.m.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
+            if lazy:
+                lazy_dump = await self.m.runc.checkpoint_lazy(ctid, work / "img", work / "dump", page_server)
+            else:
+                await self.m.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
 
-        await self._stage(prog, "dump", "freezing and dumping (network locked)", freeze_and_dump)
+        try:
+            await self._run_online(ctid, mid, peer, j, prog, reply, rate, work, freeze_and_dump, page_server)
+        except BaseException:
+            if lazy_dump is not None and lazy_dump.returncode is None:
+                await _stop_lazy_dump(lazy_dump)
+            raise
+        if lazy_dump is not None:
+            await self._stage(prog, "pages", "the destination fetches the remaining memory pages",
+                              lambda: _wait_lazy_dump(lazy_dump))
+
+    async def _run_online(self, ctid: int, mid: str, peer: pb_grpc.MigrationPeerStub, j: journal.Journal,
+                          prog: Progress, reply: pb.PrepareReply, rate: float | None, work: Path,
+                          freeze_and_dump: Callable[[], Awaitable[None]], page_server: str) -> None:
+        lay = self.m.layout
+        await self._stage(prog, "dump", "freezing and dumping (network locked)" + (
+            "; memory stays here for post-copy" if page_server else ""), freeze_and_dump)
         level = images.zstd_level_for(rate)
         truncate = failpoints.action("src-truncate-images") == "corrupt"
 
@@ -296,7 +360,8 @@ class Source:
         failpoints.hit("src-before-restore")
         try:
             await self._stage(prog, "restore", "restoring on the destination (network still down)",
-                              lambda: peer.Restore(pb.MigrationRef(id=mid, ctid=ctid), timeout=PEER_TIMEOUT_S))
+                              lambda: peer.Restore(pb.MigrationRef(id=mid, ctid=ctid, lazy=bool(page_server),
+                                                                   page_server=page_server), timeout=PEER_TIMEOUT_S))
         except grpc.RpcError as e:
             raise _rpc_error(e, "restore on the destination failed") from None
         await self._commit(ctid, mid, peer, j, prog)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -56,13 +57,44 @@ class Runc:
         if not res.ok:
             raise VzError(Kind.FAILED, f"checkpoint of {ctid} failed: {_criu_error(work_dir / 'dump.log', res)}")
 
-    async def restore(self, ctid: int, bundle: Path, image_dir: Path, work_dir: Path) -> int:
+    async def checkpoint_lazy(self, ctid: int, image_dir: Path, work_dir: Path, page_server: str
+                              ) -> asyncio.subprocess.Process:
+        """Post-copy dump: returns once everything but memory is dumped; the returned process keeps
+        serving memory pages on page_server (host:port) and exits when the last page was fetched.
+
+        With --leave-running on a paused container, the source stays frozen afterwards.
+        """
+        work_dir.mkdir(parents=True, exist_ok=True)
+        r, w = os.pipe()
+        try:
+            proc_ = await asyncio.create_subprocess_exec(
+                self.binary, "--root", str(self.root), "checkpoint", "--image-path", str(image_dir),
+                "--work-path", str(work_dir), "--tcp-established", "--ext-unix-sk", "--file-locks",
+                "--leave-running", "--lazy-pages", "--page-server", page_server, "--status-fd", str(w), str(ctid),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, pass_fds=(w,), start_new_session=True)
+        finally:
+            os.close(w)
+        try:
+            ready = await asyncio.wait_for(asyncio.to_thread(_read_status, r), 120)
+        finally:
+            os.close(r)
+        if not ready:
+            if proc_.returncode is None:
+                proc_.kill()
+            await proc_.wait()
+            raise VzError(Kind.FAILED, f"post-copy dump of {ctid} failed: "
+                                       f"{_criu_error(work_dir / 'dump.log', proc.Result((), -1, b'', b''))}")
+        return proc_
+
+    async def restore(self, ctid: int, bundle: Path, image_dir: Path, work_dir: Path, *, lazy: bool = False) -> int:
         """Restore the container from image_dir into bundle (this node's paths); returns init's PID."""
         pid_file = bundle / "init.pid"
         pid_file.unlink(missing_ok=True)
         args = [self.binary, "--root", str(self.root), "restore", "--detach", "--bundle", str(bundle),
                 "--image-path", str(image_dir), "--work-path", str(work_dir), "--pid-file", str(pid_file),
-                "--tcp-established", "--ext-unix-sk", "--file-locks", str(ctid)]
+                "--tcp-established", "--ext-unix-sk", "--file-locks", *(["--lazy-pages"] if lazy else []),
+                str(ctid)]
         res = await proc.run(args, timeout=600, check=False, what="runc restore", capture=False)
         if not res.ok:
             raise VzError(Kind.FAILED, f"restore of {ctid} failed: {_criu_error(work_dir / 'restore.log', res)}")
@@ -133,6 +165,16 @@ def _runc_error(log_file: Path, res: proc.Result) -> str:
     except OSError:
         pass
     return msg or f"exit code {res.returncode}"
+
+
+def _read_status(fd: int) -> bool:
+    """CRIU writes a NUL byte on its status fd when the dump is ready; EOF first means it failed."""
+    while True:
+        data = os.read(fd, 1)
+        if not data:
+            return False
+        if data == b"\0":
+            return True
 
 
 def _criu_error(log_file: Path, res: proc.Result) -> str:

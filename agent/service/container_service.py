@@ -104,11 +104,11 @@ class ContainerService(pb_grpc.ContainerServiceServicer):
         return to_pb(await self.m.umount(request.ctid), self.node)
 
     @unary
-    async def Suspend(self, request: pb.DumpRequest, context: Ctx) -> pb.ContainerInfo:
+    async def Suspend(self, request: pb.CheckpointRequest, context: Ctx) -> pb.ContainerInfo:
         return to_pb(await self.m.suspend(request.ct.ctid, request.dumpfile), self.node)
 
     @unary
-    async def Resume(self, request: pb.DumpRequest, context: Ctx) -> pb.ContainerInfo:
+    async def Resume(self, request: pb.CheckpointRequest, context: Ctx) -> pb.ContainerInfo:
         return to_pb(await self.m.resume(request.ct.ctid, request.dumpfile), self.node)
 
     @streaming

@@ -79,7 +79,8 @@ class MigrationPeer(pb_grpc.MigrationPeerServicer):
 
     @unary
     async def Restore(self, request: pb.MigrationRef, context: Ctx) -> pb.RestoreReply:
-        pid, secs = await self.d.restore(request.id, request.ctid, start=request.start)
+        pid, secs = await self.d.restore(request.id, request.ctid, start=request.start, lazy=request.lazy,
+                                         page_server=request.page_server)
         return pb.RestoreReply(init_pid=pid, seconds=secs)
 
     @unary

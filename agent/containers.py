@@ -34,7 +34,7 @@ from agent.network.apply import NodeNetwork
 from agent.runtime import apply_limits, limits
 from agent.runtime.oci import ContainerSpec, build_spec
 from agent.runtime.runc import Runc, State, pid_alive, uptime_seconds
-from agent.storage import rootfs
+from agent.storage import quota, rootfs
 from agent.storage.archive import ArchiveError, extract_archive
 from agent.storage.templates import TemplateCache, TemplateNotFound
 
@@ -76,6 +76,23 @@ class Info:
 class SetResult:
     info: Info
     notes: list[str]
+
+
+def exec_helper() -> Path | None:
+    """The built vzfleet-exec helper (make install compiles it), if present."""
+    env = os.environ.get("VZFLEET_EXEC_HELPER")
+    for cand in ([Path(env)] if env else []) + [Path(__file__).resolve().parent.parent / "build" / "vzfleet-exec"]:
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def _own_timens(pid: int) -> bool | None:
+    """True if pid shares our time namespace, False if not, None if unknown."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/time") == os.readlink("/proc/self/ns/time")
+    except OSError:
+        return None
 
 
 def parse_ctid(text: str) -> int:
@@ -272,6 +289,7 @@ class ContainerManager:
             changes["VE_ROOT"] = str(self.layout.ve_root(ctid))
             changes["VE_PRIVATE"] = str(private)
             conf.update_values(changes)
+            quota.choose_layout(conf, params)  # an explicit --diskspace: a disk image (VE_LAYOUT=image)
             try:
                 cfg = ContainerConfig.from_conf(conf, str(conf_path))
             except ConfigError as e:
@@ -282,21 +300,24 @@ class ContainerManager:
 
             # nothing has been written yet; from here on, undo on failure
             partial = self.layout.private_dir / f".{ctid}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
+            await quota.discard_area(self.layout, ctid, partial)  # what a crashed create left
             try:
+                await quota.new_area(self.layout, ctid, conf, partial)  # VE_LAYOUT=image: disk image on partial
                 try:
                     await asyncio.to_thread(extract_archive, archive, partial)
                 except ArchiveError as e:
                     raise VzError(Kind.TEMPLATE, f"template {template!r}: {e}") from None
                 if cfg.hostname:
                     rootfs.write_file(partial, "etc/hostname", f"{cfg.hostname}\n".encode())
+                await quota.close_area(self.layout, ctid, partial)
                 os.rename(partial, private)
                 self.layout.conf_dir.mkdir(parents=True, exist_ok=True)
                 conf.save(conf_path)
             except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)
+                await quota.discard_area(self.layout, ctid, partial)
                 if not conf_path.exists():
                     shutil.rmtree(private, ignore_errors=True)
+                    quota.remove_image(self.layout, ctid)
                 raise
             log.info("created container %d from template %s", ctid, template)
             return await self.info(ctid)
@@ -313,6 +334,7 @@ class ContainerManager:
             root = self.layout.ve_root(ctid)
             if mounts.is_mountpoint(root):
                 await mounts.unmount(root)
+            await quota.unmount_private(self.layout, ctid)
             conf_path = self.layout.conf_file(ctid)
             # config first, so that a crash halfway leaves no container that looks alive
             os.replace(conf_path, conf_path.with_name(f"{ctid}.conf.destroyed"))
@@ -321,6 +343,7 @@ class ContainerManager:
             if private.exists():
                 os.rename(private, trash)
             await asyncio.to_thread(shutil.rmtree, trash, True)
+            quota.remove_image(self.layout, ctid)
             with contextlib.suppress(OSError):
                 root.rmdir()
             shutil.rmtree(self.layout.bundle(ctid), ignore_errors=True)
@@ -334,10 +357,16 @@ class ContainerManager:
         if mounts.is_mountpoint(root):
             return False
         private = self.layout.private(ctid)
+        image_mounted = await quota.mount_private(self.layout, ctid)  # the disk image, if it has one
         if not private.is_dir():
             raise VzError(Kind.STATE, f"private area {private} of container {ctid} is missing")
         root.mkdir(parents=True, exist_ok=True)
-        await mounts.bind(private, root)
+        try:
+            await mounts.bind(private, root)
+        except BaseException:
+            if image_mounted:
+                await quota.unmount_private(self.layout, ctid)
+            raise
         return True
 
     async def mount(self, ref: str) -> Info:
@@ -358,6 +387,7 @@ class ContainerManager:
             if not mounts.is_mountpoint(root):
                 raise VzError(Kind.STATE, f"container {ctid} is not mounted")
             await mounts.unmount(root)
+            await quota.unmount_private(self.layout, ctid)
         return await self.info(ctid)
 
     # ---- suspend / resume (checkpoint to a file) --------------------------------------------
@@ -504,6 +534,7 @@ class ContainerManager:
                     await self.net.teardown(self.net_plan(ctid, self.load(ctid)[1]))
                 elif what == "umount":
                     await mounts.unmount(self.layout.ve_root(int(str(arg))))
+                    await quota.unmount_private(self.layout, int(str(arg)))
             except Exception as e:  # keep undoing the rest
                 log.error("rollback step %s(%s) failed: %s", what, arg, e)
 
@@ -636,6 +667,7 @@ class ContainerManager:
         root = self.layout.ve_root(ctid)
         if mounts.is_mountpoint(root):
             await mounts.unmount(root)
+        await quota.unmount_private(self.layout, ctid)
 
     async def restart(self, ref: str, *, fast: bool = False, timeout: int = 0) -> Info:
         ctid = self.resolve(ref)
@@ -707,7 +739,8 @@ class ContainerManager:
             if bad := sorted(opts & UNSUPPORTED):
                 raise VzError(Kind.INVALID, "not supported yet: " + ", ".join(f"--{o}" for o in bad))
             needs_restart = sorted(opts & AT_START)
-            not_enforced = sorted(opts - LIVE - STORED_ONLY - AT_START - limits.NOT_ENFORCEABLE.keys())
+            not_enforced = sorted(opts - LIVE - STORED_ONLY - AT_START - limits.NOT_ENFORCEABLE.keys()
+                                  - quota.OPTIONS)
             notes: list[str] = []
             if not running and not save:
                 raise VzError(Kind.STATE, f"container {ctid} is not running, so nothing can be applied "
@@ -717,6 +750,8 @@ class ContainerManager:
                               + ", ".join(f"--{o}" for o in needs_restart)
                               + "; add --setmode restart to restart now, or --setmode ignore with --save "
                                 "to apply them at the next start")
+            if opts & quota.OPTIONS:  # disk limits: live on a disk image, resized or rebuilt when stopped
+                notes += await quota.apply_change(self.layout, ctid, conf, old, new, opts, running=running)
             if running and st is not None:
                 applied = await self._apply_live(ctid, st.pid, old, new, opts & LIVE)
                 notes += applied
@@ -775,7 +810,25 @@ class ContainerManager:
             raise VzError(Kind.STATE, f"container {ctid} is {what}; start it with `vzctl start {ctid}`")
         return ctid
 
+    async def exec_argv(self, ctid: int, argv: Sequence[str], *, env: Sequence[str] = (),
+                        tty: bool = False) -> list[str]:
+        """The command line that runs argv inside the container, in all of its namespaces.
+
+        A container restored by CRIU lives in a time namespace of its own, which runc 1.1 does not
+        know about: a process it execs would stay in the host's, and CRIU could not restore that
+        process tree later ("Can't restore sub-task in NS"; fixed in runc 1.2). For such a container
+        runc execs our static helper (agent/runtime/helpers/vzfleet-exec.c), handed over as fd 3,
+        which joins init's time namespace and drops the CAP_SYS_ADMIN it needed for that.
+        """
+        st = await self.runc.state(ctid)
+        helper = exec_helper()
+        if st is not None and st.pid and helper is not None and _own_timens(st.pid) is False:
+            full = self.runc.exec_argv(ctid, ["/proc/self/fd/3", *argv], env=env, tty=tty,
+                                       extra=["--preserve-fds", "1", "--cap", "CAP_SYS_ADMIN"])
+            return ["sh", "-c", 'exec 3<"$0" && exec "$@"', str(helper), *full]
+        return self.runc.exec_argv(ctid, argv, env=env, tty=tty)
+
     async def exec_collect(self, ctid: int, argv: Sequence[str], timeout: float = 60) -> tuple[int, str, str]:
         """Run argv inside the container and collect its output (for the agent's own use)."""
-        res = await proc.run(self.runc.exec_argv(ctid, argv), timeout=timeout, check=False)
+        res = await proc.run(await self.exec_argv(ctid, argv), timeout=timeout, check=False)
         return res.returncode, res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")

@@ -26,7 +26,7 @@ class Result:
         return self.returncode == 0
 
     def err_tail(self, limit: int = 400) -> str:
-        text = (self.stderr or self.stdout).decode(errors="replace").strip()
+        text = (self.stderr or self.stdout or b"").decode(errors="replace").strip()
         return text[-limit:] if text else f"exit code {self.returncode}"
 
 
@@ -68,7 +68,7 @@ async def run(
             proc.kill()
             await proc.wait()
         raise
-    res = Result(cmd, proc.returncode if proc.returncode is not None else -1, out, err)
+    res = Result(cmd, proc.returncode if proc.returncode is not None else -1, out or b"", err or b"")
     if res.returncode != 0:
         log.debug("run: %s -> %d: %s", cmd[0], res.returncode, res.err_tail())
     if check and not res.ok:

@@ -39,6 +39,18 @@ if [ ! -f vzapi/__init__.py ] || [ -n "$(find proto -name '*.proto' -newer vzapi
   rm -rf vzapi && mv vzapi.tmp/vzapi vzapi && rm -rf vzapi.tmp
 fi
 
+# the static exec helper the agent hands to `runc exec` (agent/runtime/helpers/vzfleet-exec.c)
+helper_src=agent/runtime/helpers/vzfleet-exec.c
+if [ ! -x build/vzfleet-exec ] || [ "$helper_src" -nt build/vzfleet-exec ]; then
+  mkdir -p build
+  if gcc -static -O2 -Wall -o build/vzfleet-exec.tmp "$helper_src"; then
+    mv build/vzfleet-exec.tmp build/vzfleet-exec
+  else
+    echo "install: WARNING: could not build build/vzfleet-exec (gcc -static); exec into restored containers" \
+         "will not join their time namespace" >&2
+  fi
+fi
+
 # CRIU's Python bindings, from the CRIU build tree when scripts/install-criu.sh built one
 pycriu_dir_file=/var/cache/vzfleet/criu/PYCRIU_DIR
 if [ -f "$pycriu_dir_file" ] && ! .venv/bin/python -c 'import pycriu' 2>/dev/null; then

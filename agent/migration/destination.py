@@ -314,6 +314,10 @@ class Destination:
                 await asyncio.to_thread(shutil.rmtree, lay.private(ctid), True)
         if not keep_dst:
             await asyncio.to_thread(shutil.rmtree, self.incoming_dir(ctid), True)
+        for name in ("restore.log", "lazy-pages.log"):  # kept for diagnosis of the failed attempt
+            with contextlib.suppress(OSError):
+                shutil.copy(self.work_dir(ctid) / "restore" / name,
+                            lay.run_dir / "migrations" / f"failed-{ctid}-{name}")
         shutil.rmtree(self.work_dir(ctid), ignore_errors=True)
 
     def state(self, mid: str, ctid: int) -> str:

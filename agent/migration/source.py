@@ -262,7 +262,8 @@ class Source:
             sent, secs = await self._stage(prog, "presync", f"copying the filesystem ({private_bytes >> 20} MiB)",
                                            lambda: run_rsync(lay.private(ctid), reply.rsync_url,
                                                              reply.rsync_password, final=False))
-            rate = sent / secs if secs > 0 and sent > 1 << 20 else None
+            # a small sync says more about rsync's start-up than about the link: trust big ones only
+            rate = sent / secs if secs > 0 and sent > 32 << 20 else None
             if online:
                 await self._online(ctid, mid, peer, j, prog, reply, rate, lazy=prog.mode == "postcopy")
             else:

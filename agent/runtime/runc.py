@@ -141,9 +141,9 @@ class Runc:
                        what="runc update")
 
     def exec_argv(self, ctid: int, argv: Sequence[str], *, env: Sequence[str] = (),
-                  tty: bool = False, cwd: str = "/") -> list[str]:
+                  tty: bool = False, cwd: str = "/", extra: Sequence[str] = ()) -> list[str]:
         """The command line that runs argv inside the container (the caller owns its stdio)."""
-        args = ["exec", "--cwd", cwd]
+        args = ["exec", "--cwd", cwd, *extra]
         for e in env:
             args += ["--env", e]
         if tty:

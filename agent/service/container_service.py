@@ -116,7 +116,7 @@ class ContainerService(pb_grpc.ContainerServiceServicer):
         argv = _check_argv(list(request.argv))
         ctid = await self.m.require_running(request.ct.ctid)
         env = [e for e in request.env if "=" in e and "\0" not in e]
-        full = self.m.runc.exec_argv(ctid, argv, env=env)
+        full = await self.m.exec_argv(ctid, argv, env=env)
         async for item in run_streaming(full, request.stdin or None):
             if isinstance(item, int):
                 yield pb.ExecOutput(exited=True, exit_code=item)
@@ -135,7 +135,7 @@ class ContainerService(pb_grpc.ContainerServiceServicer):
         ctid = await self.m.require_running(start.ct.ctid)
         argv = _check_argv(list(start.argv)) if start.argv else ENTER_SHELL
         term = start.term if start.term and start.term.isprintable() and len(start.term) < 64 else "xterm"
-        full = self.m.runc.exec_argv(ctid, argv, env=[f"TERM={term}"], tty=True)
+        full = await self.m.exec_argv(ctid, argv, env=[f"TERM={term}"], tty=True)
         session = await PtySession.start(full, start.size.rows, start.size.cols)
 
         async def pump_input() -> None:

@@ -141,7 +141,7 @@ def cluster_up(cluster: LocalCluster, nodes: int) -> int:
     for hint in (f"{env}vzctl --node {first.name} create 101 --ostemplate busybox --ipadd {ct_ip}",
                  f"{env}vzctl --node {first.name} start 101",
                  f"{env}vzlist --node {first.name}",
-                 f"ip netns exec {st.lan_netns} curl http://{ct_ip}/      "
+                 f"ip netns exec {st.lan_netns} busybox wget -q -O - http://{ct_ip}/      "
                  f"# from the LAN (when the container serves HTTP)",
                  f"ip netns exec {first.netns} ping -c1 {other}      # node to node across the LAN",
                  f"nsenter --net=/run/netns/{first.netns} bash      # a shell in node {first.name}'s network",

@@ -414,7 +414,7 @@ def parse_bogomips(text: str) -> float:
 
 def cpu_power(bogomips: float, cpus: int) -> int:
     """OpenVZ's node power in cpuunits (vzsplit used 25 x BogoMIPS); 100000 per CPU without BogoMIPS."""
-    return int(bogomips * 25) if bogomips > 0 else cpus * 100_000
+    return round(bogomips * 25) if bogomips > 0 else cpus * 100_000
 
 
 def _int_file(path: str, default: int) -> int:

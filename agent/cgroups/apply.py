@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from agent.cgroups.counters import V1_RESETTABLE
 from agent.cgroups.hierarchy import CgroupFS
 from agent.cgroups.plan import V1_WEIGHT_FILES, V2_WEIGHT_FILES, Features, Write
 
 log = logging.getLogger(__name__)
+
+
+def write_existing(path: Path, value: str) -> None:
+    """Write to a kernel file that must already exist (never create one by mistake)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)  # as `echo >` does
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def features(fs: CgroupFS, cgpath: str) -> Features:
@@ -35,8 +46,7 @@ def write(fs: CgroupFS, cgpath: str, writes: list[Write]) -> list[str]:
             continue
         path = d / w.file
         try:
-            with open(path, "w") as f:
-                f.write(w.value)
+            write_existing(path, w.value)
         except FileNotFoundError:
             problems.append(f"{w.file}: not offered by this kernel")
         except OSError as e:
@@ -67,7 +77,7 @@ def reset_failcnt(fs: CgroupFS, cgpath: str) -> list[str]:
         if d is None:
             continue
         try:
-            (d / name).write_text("0")
+            write_existing(d / name, "0")
         except OSError:
             continue
         done.append(name)

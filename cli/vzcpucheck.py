@@ -1,0 +1,43 @@
+"""vzcpucheck: the cpuunits promised to the running containers against the power of the node."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli import capacity
+from cli.client import CliError, agent_for, call, default_root, die, resolve_socket
+from vzapi import resources_pb2 as rpb
+from vzapi import resources_pb2_grpc as rpb_grpc
+
+PROG = "vzcpucheck"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Print the sum of the cpuunits of the running containers and of the host (VE0CPUUNITS) "
+                    "and the power of the node (25 x its BogoMIPS, OpenVZ's unit). While the sum stays below "
+                    "the power, a container with U cpuunits is guaranteed U / power of the node's CPU time.",
+        epilog="exit codes: 0 ok, 3 agent not running.")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print the cpuunits of each container")
+    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
+    p.add_argument("--node", metavar="NAME", help="a node of the local cluster (`vzfleet up --nodes N`)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        with agent_for(resolve_socket(args.node, args.socket, default_root())) as agent:
+            reply = call(rpb_grpc.ResourceServiceStub(agent.channel).Containers, rpb.ResourcesRequest())
+    except CliError as e:
+        die(PROG, e)
+    node = capacity.node_from_pb(reply.node)
+    cts = sorted((capacity.container_from_pb(c) for c in reply.containers), key=lambda c: c.ctid)
+    sys.stdout.write(capacity.render_cpucheck(cts, node, verbose=args.verbose))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

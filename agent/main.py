@@ -29,6 +29,7 @@ from agent.purge import purge_node
 from agent.service.container_service import AgentService, ContainerService, TemplateService
 from agent.service.migration_service import MigrationControl, MigrationPeer
 from agent.service.resource_service import register as register_resources
+from agent.service.storage_service import register as register_storage
 from vzapi import container_pb2_grpc as pb_grpc
 from vzapi import migration_pb2_grpc as mig_grpc
 
@@ -123,6 +124,7 @@ async def serve(layout: NodeLayout, socket_path: Path, listen: str | None, tls: 
     pb_grpc.add_TemplateServiceServicer_to_server(TemplateService(manager), server)
     pb_grpc.add_AgentServiceServicer_to_server(AgentService(manager), server)
     register_resources(server, manager)
+    register_storage(server, manager)
     mig_grpc.add_MigrationControlServicer_to_server(MigrationControl(source), server)
     peer_server = None
     if listen:

@@ -14,6 +14,7 @@ from agent import cgroups, mounts
 from agent.layout import NodeLayout
 from agent.network import netns
 from agent.runtime.runc import Runc
+from agent.storage import quota
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ async def purge_node(layout: NodeLayout) -> list[str]:
         if mp.startswith(root_prefix):
             await mounts.unmount(layout.ve_root_dir / mp[len(root_prefix):])
             done.append(f"unmounted {mp}")
+    done += await quota.purge(layout)  # disk images: unmounted, loop devices detached (images stay)
     cgroups.remove_tree(layout.cgroup_parent)
     cgroups.remove_if_empty("/vzfleet")
     shutil.rmtree(layout.bundle_dir, ignore_errors=True)

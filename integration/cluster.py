@@ -14,18 +14,22 @@ that a cluster left nothing on the machine.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cli.client import CliError
-from cli.localcluster import LocalCluster
+from cli.localcluster import LocalCluster, NodePlan, agent_argv, agent_binary, agent_info, is_agent_cmdline
 
 TEST_ROOT = Path("/tmp/vzfleet-tests")
 TEST_SUBNET = "10.214.0.0/24"
@@ -182,3 +186,150 @@ def _mount_points() -> list[str]:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]))
     return points
+
+
+# ---- agents with an environment of the test's choosing (failpoints) ----------------------------
+#
+# LocalCluster starts its agents without any VZFLEET_* variable of the caller (cli/localcluster.py
+# `_start`), so failpoints (VZFLEET_FAILPOINTS) cannot reach them through up(). These helpers stop one
+# node's agent and start it again with the same argv (`agent_argv`) plus the environment given.
+# `up()` still repairs such a node when its agent died, with a clean environment again.
+
+AGENT_STOP_TIMEOUT_S = 15.0
+AGENT_START_TIMEOUT_S = 30.0
+_agents: dict[int, subprocess.Popen[bytes]] = {}  # the agents started here, to reap them
+
+
+def _node_plan(cluster: LocalCluster, node: str) -> NodePlan:
+    state = cluster.state()
+    assert state is not None, f"cluster {cluster.prefix} has no state file"
+    return cluster.plan(len(state["nodes"])).node(node)
+
+
+def agent_pid(cluster: LocalCluster, node: str) -> int:
+    """PID of node's serving agent (the one the state file records, if it is still that agent), or 0."""
+    state = cluster.state()
+    assert state is not None, f"cluster {cluster.prefix} has no state file"
+    plan = _node_plan(cluster, node)
+    entry = next(n for n in state["nodes"] if n["name"] == node)
+    pid = int(entry.get("pid", 0))
+    if pid > 0 and _alive(pid) and is_agent_cmdline(_cmdline(pid), plan):
+        return pid
+    return 0
+
+
+def agent_environ(pid: int) -> dict[str, str]:
+    """The environment a process was started with."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {k: v for k, _, v in pairs}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def _reap(pid: int) -> None:
+    proc = _agents.get(pid)
+    if proc is not None:
+        if proc.poll() is not None:
+            del _agents[pid]
+        return
+    try:
+        os.waitpid(pid, os.WNOHANG)  # a child of this process when up() ran here
+    except ChildProcessError:
+        pass
+
+
+def wait_dead(pid: int, timeout: float = AGENT_STOP_TIMEOUT_S) -> bool:
+    """Wait until pid is gone (reaping it when it is our child); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap(pid)
+        if not _alive(pid):
+            _reap(pid)
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def stop_agent(cluster: LocalCluster, node: str) -> None:
+    """SIGTERM node's agent (containers keep running), SIGKILL if it does not exit in time."""
+    pid = agent_pid(cluster, node)
+    if not pid:
+        return
+    os.kill(pid, signal.SIGTERM)
+    if not wait_dead(pid):
+        os.kill(pid, signal.SIGKILL)
+        if not wait_dead(pid, 5.0):
+            raise AssertionError(f"the agent of {node} (pid {pid}) survived SIGKILL")
+
+
+def _record_agent_pid(cluster: LocalCluster, node: str, pid: int) -> None:
+    """Write pid into the cluster state file, under the lock up()/down() take."""
+    fd = os.open(cluster.base / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        state = cluster.state()
+        assert state is not None
+        for entry in state["nodes"]:
+            if entry["name"] == node:
+                entry["pid"] = pid
+        path = cluster.base / "cluster.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        os.close(fd)
+
+
+def start_agent(cluster: LocalCluster, node: str, env: Mapping[str, str] | None = None) -> int:
+    """Start node's agent (it must not run) as up() would, plus env; returns once it answers."""
+    plan = _node_plan(cluster, node)
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("VZFLEET_", "ETCD_", "ETCDCTL_"))}
+    full.update(env or {})
+    argv = agent_argv(plan, agent_binary())
+    with open(plan.out_file, "ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} (test, env {dict(env or {})}) {' '.join(argv)}\n"
+                  .encode())
+        out.flush()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=full,
+                                start_new_session=True, close_fds=True)
+    _agents[proc.pid] = proc
+    _record_agent_pid(cluster, node, proc.pid)
+    deadline = time.monotonic() + AGENT_START_TIMEOUT_S
+    while agent_info(plan.socket, timeout=1.0) is None:
+        if proc.poll() is not None:
+            raise AssertionError(f"the agent of {node} exited at start ({proc.returncode}): "
+                                 f"{plan.out_file.read_text(errors='replace')[-1500:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the agent of {node} did not answer within {AGENT_START_TIMEOUT_S:g} s")
+        time.sleep(0.05)
+    return proc.pid
+
+
+def restart_agent(cluster: LocalCluster, node: str, env: Mapping[str, str] | None = None) -> int:
+    """Stop node's agent and start it again with env (e.g. {"VZFLEET_FAILPOINTS": "dst-restore"})."""
+    stop_agent(cluster, node)
+    return start_agent(cluster, node, env)
+
+
+def stray_processes(base: Path, exclude: Sequence[int] = ()) -> dict[int, list[str]]:
+    """Processes whose command line mentions base (other than the pids in exclude): pid -> argv."""
+    needle = str(base)
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in exclude or int(entry.name) == os.getpid():
+            continue
+        argv = _cmdline(int(entry.name))
+        if any(needle in a for a in argv) and _alive(int(entry.name)):
+            found[int(entry.name)] = argv
+    return found

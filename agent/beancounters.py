@@ -166,6 +166,12 @@ def compute(cfg: ContainerConfig, c: Counters | None, s: ProcessStats | None,
             if c is not None and peak:
                 sampled[resource] = peak
         barrier, limit = _config_pair(cfg, resource)
+        if c is not None and resource in ("numproc", "physpages"):
+            # the kernel's limit is the truth (a `vzctl set` without --save changes only the kernel)
+            limit = c.pids_limit if resource == "numproc" else \
+                (None if c.memory_limit is None else _pages(c.memory_limit))
+            if limit is not None and (barrier is None or barrier > limit):
+                barrier = limit
         failcnt = max(0, raw.get(resource, 0) - base.failcnt.get(resource, 0))
         rows.append(Beancounter(resource, held, max(peak, held), barrier, limit, failcnt, unit))
     return rows, replace(base, maxheld=sampled)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cli import capacity
-from cli.client import EXIT_USAGE, CliError, agent_for, call, default_root, die, resolve_socket
+from cli.client import EXIT_STATE, CliError, agent_for, call, default_root, die, resolve_socket
 from vzapi import resources_pb2 as rpb
 from vzapi import resources_pb2_grpc as rpb_grpc
 
@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show the beancounters (held, maxheld, barrier, limit, failcnt) of running containers, "
                     "like OpenVZ's /proc/user_beancounters. Pages are 4 KiB; unlimited shows as "
                     f"{LONG_MAX}. Reset the fail counters with `vzctl set CTID --reset_ub`.",
-        epilog="exit codes: 0 ok, 2 invalid usage, 3 agent not running, 4 no such container.")
+        epilog="exit codes: 0 ok, 2 invalid usage, 3 agent not running, 4 no such container, "
+               "6 none of the given containers is running.")
     p.add_argument("-j", "--json", action="store_true", help="print JSON (unlimited is null)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="only resources with failures or held above 90%% of their barrier")
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: container {c.ctid} is {c.status}: no beancounters", file=sys.stderr)
     running = [c for c in cts if c.running]
     if args.ctids and not running:
-        raise CliError("none of the given containers is running", EXIT_USAGE)
+        raise CliError("none of the given containers is running", EXIT_STATE)
     sys.stdout.write(render_json(running, quiet=args.quiet) if args.json
                      else render_table(running, quiet=args.quiet))
     return 0

@@ -24,9 +24,9 @@ def cfg(*params: tuple[str, str]) -> ContainerConfig:
 
 
 CFG = cfg(("ram", "64M"), ("swap", "32M"), ("numproc", "64"), ("numfile", "100:200"), ("kmemsize", "10M"))
-V1 = Counters(version=1, memory=8 * MIB, memory_peak=64 * MIB, memory_failcnt=60, memory_failcnt_resettable=True,
-              oom_kills=1, swap=4096, swap_failcnt=2, kmem=122880, kmem_peak=6008832, kmem_failcnt=0,
-              shmem=8192, pids=5, pids_peak=64, pids_failcnt=7)
+V1 = Counters(version=1, memory=8 * MIB, memory_peak=64 * MIB, memory_limit=64 * MIB, memory_failcnt=60,
+              memory_failcnt_resettable=True, oom_kills=1, swap=4096, swap_failcnt=2, kmem=122880,
+              kmem_peak=6008832, kmem_failcnt=0, shmem=8192, pids=5, pids_peak=64, pids_limit=64, pids_failcnt=7)
 STATS = ProcessStats(numfile=12, privvm_bytes=3 * MIB, locked_bytes=8192, numtcpsock=2, numothersock=3,
                      tcp_tx=100, tcp_rx=200, other_tx=5, dgram_rx=7, numpty=1, numflock=4)
 
@@ -67,6 +67,13 @@ def test_held_maxheld_barrier_limit_failcnt(resource: str, held: int, maxheld: i
                                             limit: int | None, failcnt: int) -> None:
     r = rows()[resource]
     assert (r.held, r.maxheld, r.barrier, r.limit, r.failcnt) == (held, maxheld, barrier, limit, failcnt)
+
+
+def test_the_kernels_limit_wins_over_an_unsaved_config() -> None:
+    """`vzctl set --numproc 32` without --save: the kernel has 32, the config still says 64."""
+    r = rows(c=Counters(version=1, pids=3, pids_limit=32, memory_limit=None))
+    assert (r["numproc"].barrier, r["numproc"].limit) == (32, 32)
+    assert (r["physpages"].barrier, r["physpages"].limit) == (0, None)
 
 
 def test_a_stopped_container_shows_its_limits_and_no_usage() -> None:

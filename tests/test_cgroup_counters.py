@@ -97,6 +97,12 @@ def test_v1_counters() -> None:
     assert c.cpu_usage_ns == 123456789
 
 
+def test_v1_without_swap_counts_ram_failures_on_memsw() -> None:
+    """memsw limit == memory limit: the kernel hits memsw first; that is running out of RAM."""
+    c = counters.parse_v1({**V1, "memory.memsw.limit_in_bytes": "67108864\n"})
+    assert (c.memory_failcnt, c.swap_failcnt) == (62, 0)
+
+
 def test_v2_counters() -> None:
     c = counters.parse_v2(V2)
     assert (c.memory, c.memory_peak, c.memory_limit, c.memory_failcnt, c.oom_kills) == \

@@ -151,8 +151,10 @@ def cfg(*params: tuple[str, str], base: str = "") -> ContainerConfig:
     ((("ram", "64M"), ("swap", "32M")), 64 * MIB, 96 * MIB),
     # privvmpages caps memory + swap (the kernel cannot count untouched allocations)
     ((("ram", "64M"), ("swap", "32M"), ("privvmpages", "80M")), 64 * MIB, 80 * MIB),
-    ((("ram", "64M"), ("privvmpages", "48M")), 48 * MIB, 48 * MIB),
-    ((("privvmpages", "100M"),), 100 * MIB, 100 * MIB),
+    # no swap is one page of swap: with memsw == memory, cgroup v1 would count no RAM failure
+    ((("ram", "64M"), ("swap", "0")), 64 * MIB, 64 * MIB + 4096),
+    ((("ram", "64M"), ("privvmpages", "48M")), 48 * MIB, 48 * MIB + 4096),
+    ((("privvmpages", "100M"),), 100 * MIB, 100 * MIB + 4096),
     ((("ram", "64M"), ("privvmpages", "unlimited")), 64 * MIB, None),
 ])
 def test_memory_limits(params: tuple[tuple[str, str], ...], memory: int, memsw: int | None) -> None:

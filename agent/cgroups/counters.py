@@ -130,18 +130,27 @@ def parse_v1(files: Mapping[str, str]) -> Counters:
     g = files.get
     stat = flat_keyed(g("memory.stat"))
     memory = _int(g("memory.usage_in_bytes"))
+    memory_limit = _limit(g("memory.limit_in_bytes"))
+    memsw_limit = _limit(g("memory.memsw.limit_in_bytes"))
+    memory_failcnt = _int(g("memory.failcnt"))
+    swap_failcnt = _int(g("memory.memsw.failcnt"))
+    if memsw_limit is not None and (memory_limit is None or memsw_limit <= memory_limit):
+        # no swap allowed: the kernel charges memory+swap first, so running out of RAM is
+        # counted on memsw's failcnt, not on memory's
+        memory_failcnt = (memory_failcnt or 0) + (swap_failcnt or 0)
+        swap_failcnt = 0
     return Counters(
         version=1,
         memory=memory,
         memory_peak=_int(g("memory.max_usage_in_bytes")),
-        memory_limit=_limit(g("memory.limit_in_bytes")),
-        memory_failcnt=_int(g("memory.failcnt")),
+        memory_limit=memory_limit,
+        memory_failcnt=memory_failcnt,
         memory_failcnt_resettable=True,
         oom_kills=flat_keyed(g("memory.oom_control")).get("oom_kill"),
         # memsw counts memory + swap; the swap part is the difference
         swap=_minus(_int(g("memory.memsw.usage_in_bytes")), memory),
         swap_peak=None,
-        swap_failcnt=_int(g("memory.memsw.failcnt")),
+        swap_failcnt=swap_failcnt,
         kmem=_int(g("memory.kmem.usage_in_bytes")),
         kmem_peak=_int(g("memory.kmem.max_usage_in_bytes")),
         kmem_failcnt=_int(g("memory.kmem.failcnt")),

@@ -81,6 +81,10 @@ def resources(cfg: ContainerConfig, ncpu: int | None = None) -> Resources:
     if privvm is not None:
         swap_total = privvm if swap_total is None else min(swap_total, privvm)
         mem = privvm if mem is None else min(mem, privvm)
+    if mem is not None and swap_total is not None and swap_total < mem + PAGE_SIZE:
+        # no swap: one page of it anyway. Linux no longer keeps memsw's fail counter, and with
+        # memsw == memory the kernel hits memsw first, so cgroup v1 would count no RAM failure.
+        swap_total = mem + PAGE_SIZE
     shares = None
     if cfg.cpuunits is not None:
         # OpenVZ's default 1000 cpuunits = the kernel's default 1024 shares

@@ -653,7 +653,6 @@ SOURCE_BUNDLE_BUG = ("product bug: after a successful migration the source keeps
                      "config and private area but not layout.bundle(ctid), which `vzctl destroy` does remove")
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason=SOURCE_BUNDLE_BUG)
 def test_online_migration_leaves_no_bundle_on_the_source(mc: Cluster2, make_ct: MakeCt) -> None:
     n1, n2 = mc.nodes
     ctid = make_ct(n1, 102, services=False)
@@ -675,7 +674,7 @@ OFFLINE_IP_BUG = ("product bug: offline migration of a running container with a 
 
 
 @pytest.mark.parametrize("with_ip", [
-    pytest.param(True, id="venet-ip", marks=pytest.mark.xfail(strict=True, raises=KnownBug, reason=OFFLINE_IP_BUG)),
+    pytest.param(True, id="venet-ip"),
     pytest.param(False, id="no-ip"),
 ])
 def test_offline_migration_of_a_running_container_stops_moves_and_starts_it(
@@ -859,7 +858,6 @@ RSYNCD_LEAK_BUG = ("product bug: a destination agent killed during a migration l
                    "file with the work dir); it keeps listening on the node address")
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason=RSYNCD_LEAK_BUG)
 def test_destination_agent_killed_mid_migration_leaves_no_process(mc: Cluster2, make_ct: MakeCt) -> None:
     n1, n2 = mc.nodes
     ctid = make_ct(n1, 142)

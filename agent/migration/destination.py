@@ -133,7 +133,8 @@ class Destination:
             checks.append(f"ok: ctid: {ctid} is free on node {dst.node}")
         if "ip" not in skip and cfg.ip_addresses:
             try:
-                await self.m.check_addresses(ctid, cfg.ip_addresses, lan=not online)
+                # node-local only: the source still answers for the addresses on the LAN
+                await self.m.check_addresses(ctid, cfg.ip_addresses, lan=False)
                 checks.append(f"ok: ip: {' '.join(cfg.ip_addresses)} free on node {dst.node}")
             except VzError as e:
                 checks.append(f"FAILED: ip: {e}")
@@ -289,6 +290,7 @@ class Destination:
 
     async def _discard(self, ctid: int, state: str, *, keep_dst: bool) -> None:
         lay = self.m.layout
+        rsyncd.kill_from_pidfile(self.work_dir(ctid) / "rsyncd")  # left by a crashed agent
         st = await self.m.runc.state(ctid)
         if st is not None:
             if st.status in ("running", "paused", "created"):

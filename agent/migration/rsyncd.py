@@ -89,3 +89,20 @@ def rsync_argv(src: Path, url: str, *, final: bool, bwlimit_kbps: int = 0) -> li
     if bwlimit_kbps:
         argv.append(f"--bwlimit={bwlimit_kbps}")
     return [*argv, f"{src}/", url]
+
+
+def kill_from_pidfile(workdir: Path) -> None:
+    """End the daemon a crashed agent left behind (its pid file; only if it is our rsync daemon)."""
+    import os
+    import signal
+
+    pid_file = workdir / "rsyncd.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError):
+        return
+    if b"rsync" in cmdline and str(workdir / "rsyncd.conf").encode() in cmdline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)

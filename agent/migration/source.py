@@ -467,6 +467,7 @@ class Source:
         if mounts.is_mountpoint(lay.ve_root(ctid)):
             await mounts.unmount(lay.ve_root(ctid))
         shutil.rmtree(self.work_dir(ctid), ignore_errors=True)
+        shutil.rmtree(lay.bundle(ctid), ignore_errors=True)
         if keep_source:
             return
         conf = lay.conf_file(ctid)

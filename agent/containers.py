@@ -309,8 +309,8 @@ class ContainerManager:
                     raise VzError(Kind.TEMPLATE, f"template {template!r}: {e}") from None
                 if cfg.hostname:
                     rootfs.write_file(partial, "etc/hostname", f"{cfg.hostname}\n".encode())
-                await quota.close_area(self.layout, ctid, partial)
-                os.rename(partial, private)
+                if not await quota.close_area(self.layout, ctid, partial):  # a disk image is in place now
+                    os.rename(partial, private)
                 self.layout.conf_dir.mkdir(parents=True, exist_ok=True)
                 conf.save(conf_path)
             except BaseException:

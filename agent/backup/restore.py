@@ -190,8 +190,8 @@ async def restore(m: ContainerManager, archive_text: str, ctid_text: str, *, for
                 conf.update_values({"NAME": None})
                 yield Progress(phase="install", message=f"WARN: name {cfg.name!r} is used by container {other}; "
                                                         f"restored without a name")
-            await quota.close_area(lay, ctid, staging)
-            os.rename(staging, lay.private(ctid))
+            if not await quota.close_area(lay, ctid, staging):
+                os.rename(staging, lay.private(ctid))
             moved = True
             lay.conf_dir.mkdir(parents=True, exist_ok=True)
             conf.save(lay.conf_file(ctid))

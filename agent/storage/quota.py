@@ -426,6 +426,14 @@ async def _umount(where: Path) -> None:
         log.warning("%s still attached after unmounting %s: something else still holds the file system", dev, where)
 
 
+async def _umount_private(private: Path) -> None:
+    """Unmount a private area's image and remove the mount point: while the image is not mounted,
+    private/CTID does not exist, so that nothing can take the empty mount point for the files."""
+    await _umount(private)
+    with contextlib.suppress(OSError):
+        private.rmdir()
+
+
 async def _mount_image(image: Path, where: Path, limits: DiskLimits) -> None:
     """Loop-mount image on the directory `where` (private propagation) and apply the hard limit."""
     for dev in await _loops_of(image):
@@ -549,7 +557,7 @@ async def unmount_private(layout: NodeLayout, ctid: int) -> bool:
     private = layout.private(ctid)
     if not image_path(layout, ctid).exists() or not mounts.is_mountpoint(private):
         return False
-    await _umount(private)
+    await _umount_private(private)
     return True
 
 
@@ -569,14 +577,16 @@ async def new_area(layout: NodeLayout, ctid: int, values: Mapping[str, str], sta
     return True
 
 
-async def close_area(layout: NodeLayout, ctid: int, staging: Path) -> None:
-    """Unmount the new image from `staging` and give it its final name (the caller renames staging)."""
+async def close_area(layout: NodeLayout, ctid: int, staging: Path) -> bool:
+    """Put a filled new area in place. A disk image: unmounted from `staging` (which goes away) and
+    given its final name; returns True. A plain area: nothing done, returns False (the caller
+    renames staging to the private area)."""
     partial = _partial_image(layout, ctid)
     if not partial.exists():
-        return
-    if mounts.is_mountpoint(staging):
-        await _umount(staging)
+        return False
+    await _umount_private(staging)
     os.rename(partial, image_path(layout, ctid))
+    return True
 
 
 async def discard_area(layout: NodeLayout, ctid: int, staging: Path) -> None:
@@ -626,7 +636,7 @@ async def discard_private(layout: NodeLayout, ctid: int) -> None:
     delete the image and the directory. Idempotent."""
     private = layout.private(ctid)
     if mounts.is_mountpoint(private):
-        await _umount(private)
+        await _umount_private(private)
     remove_image(layout, ctid)
     await asyncio.to_thread(shutil.rmtree, private, True)
 
@@ -638,7 +648,7 @@ async def purge(layout: NodeLayout) -> list[str]:
     for mp in sorted(mounts.mount_points(), key=len, reverse=True):
         if mp.startswith(prefix):
             try:
-                await _umount(Path(mp))
+                await _umount_private(Path(mp))
                 done.append(f"unmounted {mp}")
             except VzError as e:
                 done.append(f"could not unmount {mp}: {e}")
@@ -705,25 +715,23 @@ async def _rebuild(layout: NodeLayout, ctid: int, limits: DiskLimits, *, convert
         await _new_image(partial, limits, staging, ctid)
         await proc.run(["rsync", "-aHAXS", "--numeric-ids", f"{private}/", f"{staging}/"], timeout=6 * 3600,
                        what=f"copying the files of container {ctid} into its new disk image")
-        await _umount(staging)
+        await _umount_private(staging)
         if convert:
             trash = layout.private_dir / f".{ctid}.converted"
             os.rename(private, trash)
-            private.mkdir(mode=0o755)
             os.rename(partial, image)
             await asyncio.to_thread(shutil.rmtree, trash, True)
         else:
-            await _umount(private)
+            await _umount_private(private)
             src_mounted = False
             os.replace(partial, image)
-        staging.rmdir()
     except BaseException:
         await discard_area(layout, ctid, staging)
         raise
     finally:
         if src_mounted:
             with contextlib.suppress(VzError):
-                await _umount(private)
+                await _umount_private(private)
 
 
 async def apply_change(layout: NodeLayout, ctid: int, conf: ConfFile, old: ContainerConfig,

@@ -124,6 +124,8 @@ async def threaded(fn: Callable[..., Any], phase: str, box: list[Any], **kw: Any
         box.append(fut.result())
     finally:
         stop.set()
+        # cancelled: the thread ends on its own (it removes its partial output); its outcome is moot
+        fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
 
 
 def _dumpdir(m: ContainerManager, text: str) -> Path:
@@ -222,6 +224,8 @@ async def dump(m: ContainerManager, req: DumpRequest) -> AsyncIterator[Progress]
         archive.unlink(missing_ok=True)
         if isinstance(e, Exception):
             yield say("error", f"Backup of VM {ctid} failed - {e}", level="ERROR")
+        else:  # cancelled (the client went away): into the run log only, the stream is gone
+            say("error", f"Backup of VM {ctid} interrupted", level="ERROR")
         raise
     finally:
         if tmp is not None:

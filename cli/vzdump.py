@@ -85,6 +85,7 @@ class Display:
         self.out = out
         self.live = err.isatty() and not quiet
         self.shown = False
+        self.phase = ""
         self.started = time.monotonic()
 
     def line(self, text: str) -> None:
@@ -97,6 +98,8 @@ class Display:
     def progress(self, msg: pb.BackupProgress) -> None:
         if not self.live:
             return
+        if msg.phase != self.phase:  # rates are per phase
+            self.phase, self.started = msg.phase, time.monotonic()
         self.err.write("\r" + progress_text(msg, time.monotonic() - self.started)[:79] + "\x1b[K")
         self.err.flush()
         self.shown = True
@@ -109,12 +112,11 @@ class Display:
 
 
 def progress_text(msg: pb.BackupProgress, elapsed: float) -> str:
-    done = _size(msg.bytes_done)
     rate = _size(msg.bytes_done / elapsed) + "/s" if elapsed > 0 else ""
     if msg.bytes_total:
-        pct = min(100, msg.bytes_done * 100 // msg.bytes_total)
-        return f"  {msg.phase}: {pct:3d}% {done} of {_size(msg.bytes_total)}, {rate}"
-    return f"  {msg.phase}: {done}, {msg.files_done} files, {rate}"
+        done = min(msg.bytes_done, msg.bytes_total)  # tar headers make the stream a little longer
+        return f"  {msg.phase}: {done * 100 // msg.bytes_total:3d}% {_size(done)} of {_size(msg.bytes_total)}, {rate}"
+    return f"  {msg.phase}: {_size(msg.bytes_done)}, {msg.files_done} files, {rate}"
 
 
 def _size(n: float) -> str:

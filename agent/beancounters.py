@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -312,7 +313,7 @@ class BaselineStore:
     def save(self, ctid: int, base: Baseline) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self._path(ctid)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps({"instance": base.instance, "failcnt": dict(base.failcnt),
                                    "maxheld": dict(base.maxheld)}))
         os.replace(tmp, path)

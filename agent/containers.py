@@ -468,6 +468,7 @@ class ContainerManager:
                 bundle = self.write_bundle(ctid, cfg, ns_path)
                 undo.append(("runc", ctid))
                 await self.runc.restore(ctid, bundle, work / "img", work / "restore")
+                await apply_limits.at_start(self.layout, ctid, cfg)  # runc restores only its own limits
                 await self.net.expose(net)
             except BaseException:
                 await self._undo(undo)

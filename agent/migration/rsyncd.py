@@ -104,5 +104,14 @@ def kill_from_pidfile(workdir: Path) -> None:
     except (OSError, ValueError):
         return
     if b"rsync" in cmdline and str(workdir / "rsyncd.conf").encode() in cmdline:
+        import time
+
+        from agent.runtime.runc import pid_alive
+
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 2
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
+import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import Kind, VzError
+from agent.runtime.runc import pid_alive
 
 
 @dataclass
@@ -93,9 +97,6 @@ def rsync_argv(src: Path, url: str, *, final: bool, bwlimit_kbps: int = 0) -> li
 
 def kill_from_pidfile(workdir: Path) -> None:
     """End the daemon a crashed agent left behind (its pid file; only if it is our rsync daemon)."""
-    import os
-    import signal
-
     pid_file = workdir / "rsyncd.pid"
     try:
         pid = int(pid_file.read_text().strip())
@@ -104,10 +105,6 @@ def kill_from_pidfile(workdir: Path) -> None:
     except (OSError, ValueError):
         return
     if b"rsync" in cmdline and str(workdir / "rsyncd.conf").encode() in cmdline:
-        import time
-
-        from agent.runtime.runc import pid_alive
-
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 2

@@ -17,7 +17,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # Runtime packages of the product and its tests.
 REQUIRED=(runc rsync iptables nftables zstd busybox-static iproute2 etcd-server util-linux procps
-    python3-venv python3-dev)
+    python3-venv python3-dev e2fsprogs)
 # CRIU build dependencies (ENVIRONMENT.md, "CRIU — use 4.2.1 or newer"); install-criu.sh builds
 # CRIU 4.2.x from source when the machine has no usable criu. xz-utils unpacks the source.
 REQUIRED+=(build-essential pkg-config libbsd-dev libcap-dev libgnutls28-dev libnet1-dev

@@ -613,8 +613,8 @@ def split(node: Node, n: int) -> Split:
     if ram_free < n * 16 * MIB:
         raise ValueError(f"on a node with {_mb(node.ram)} of RAM ({_mb(reserve)} kept for the host) "
                          f"{n} containers cannot get 16 MB each; the maximum is {max(0, ram_free // (16 * MIB))}")
-    ram = (ram_free // n) // PAGE * PAGE
-    swap = (node.swap // n) // PAGE * PAGE
+    ram = (ram_free // n) // MIB * MIB  # whole MiB: readable samples
+    swap = (node.swap // n) // MIB * MIB
     numproc = max(64, min(32768, min(node.threads_max, node.pid_max) // (2 * n)))
     disk: int | None = None
     inodes: int | None = None
@@ -637,7 +637,7 @@ def render_split(node: Node, n: int, s: Split) -> str:
     """The ve-NAME.conf-sample text (VSwap style: RAM and swap are the limits that matter)."""
     ds = s.diskspace if s.diskspace is not None else DEFAULT_DISKSPACE
     di = s.diskinodes if s.diskinodes is not None else DEFAULT_DISKINODES
-    ds_soft = int(ds / 1.1) // 1024 * 1024
+    ds_soft = int(ds / 1.1) // MIB * MIB
     di_soft = int(di / 1.1)
     plural = "" if n == 1 else "s"
     return "\n".join([

@@ -22,7 +22,7 @@ from agent.config.conffile import ConfFile, ConfigError
 from agent.config.params import ContainerConfig
 from agent.containers import ContainerManager
 from agent.errors import Kind, VzError
-from agent.migration import facts, failpoints, images, journal, rsyncd
+from agent.migration import facts, failpoints, fsdelta, images, journal, rsyncd
 from agent.network import netns
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,8 @@ class Destination:
         pid = 0
         log.info("migration %s: restore begins (%.3f s after the RPC arrived)", mid, time.monotonic() - t0)
         if inc.j.online:
+            if n := await asyncio.to_thread(fsdelta.apply, self.work_dir(ctid) / "img", lay.private(ctid)):
+                log.info("migration %s: %d changed file(s) written from the image stream", mid, n)
             if lazy:
                 await self._start_lazy_pages(inc, page_server)
             pid = await self.m.runc.restore(ctid, lay.bundle(ctid), self.work_dir(ctid) / "img",

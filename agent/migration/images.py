@@ -17,7 +17,7 @@ from agent.storage.archive import ArchiveError, Limits, extract_archive
 
 CHUNK = 1 << 20
 # a CRIU image set is a flat directory of regular files; bound what a peer may make us write
-IMAGE_LIMITS = Limits(max_total_bytes=64 << 30, max_members=100_000, max_depth=2)
+IMAGE_LIMITS = Limits(max_total_bytes=64 << 30, max_members=100_000, max_depth=256)
 
 
 def zstd_level_for(bytes_per_second: float | None) -> int:
@@ -30,14 +30,21 @@ def zstd_level_for(bytes_per_second: float | None) -> int:
 
 
 def manifest(image_dir: Path) -> dict[str, str]:
+    """relative path -> sha256 of every regular file (and "->target" of every symlink), recursively."""
     out = {}
-    for p in sorted(image_dir.iterdir()):
-        if p.is_file() and not p.is_symlink():
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                while block := f.read(CHUNK):
-                    h.update(block)
-            out[p.name] = h.hexdigest()
+    for dirpath, dirs, files in os.walk(image_dir):
+        dirs.sort()
+        for name in sorted(files) + [d for d in dirs if (Path(dirpath) / d).is_symlink()]:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(image_dir))
+            if p.is_symlink():
+                out[rel] = "->" + os.readlink(p)
+            elif p.is_file():
+                h = hashlib.sha256()
+                with open(p, "rb") as f:
+                    while block := f.read(CHUNK):
+                        h.update(block)
+                out[rel] = h.hexdigest()
     return out
 
 
@@ -46,8 +53,7 @@ def pack(image_dir: Path, level: int = 1) -> tuple[bytes, dict[str, str], int]:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for p in sorted(image_dir.iterdir()):
-            if p.is_file() and not p.is_symlink():
-                tar.add(p, arcname=p.name, recursive=False)
+            tar.add(p, arcname=p.name, recursive=True)
     data = raw.getvalue()
     comp = zstandard.ZstdCompressor(level=level, threads=-1).compress(data)
     return comp, manifest(image_dir), len(data)

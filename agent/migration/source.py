@@ -26,7 +26,7 @@ import grpc
 from agent import mounts, proc
 from agent.containers import ContainerManager
 from agent.errors import Kind, VzError
-from agent.migration import facts, failpoints, images, journal, rsyncd
+from agent.migration import facts, failpoints, fsdelta, images, journal, rsyncd
 from agent.migration.destination import Facts, node_facts
 from agent.network import netns
 from vzapi import migration_pb2 as pb
@@ -259,13 +259,15 @@ class Source:
             journal.save(lay.run_dir, j)
             failpoints.hit("src-after-prepare")
 
+            presync_started = time.time() - 1.0  # mtime/ctime granularity margin
             sent, secs = await self._stage(prog, "presync", f"copying the filesystem ({private_bytes >> 20} MiB)",
                                            lambda: run_rsync(lay.private(ctid), reply.rsync_url,
                                                              reply.rsync_password, final=False))
             # a small sync says more about rsync's start-up than about the link: trust big ones only
             rate = sent / secs if secs > 0 and sent > 32 << 20 else None
             if online:
-                await self._online(ctid, mid, peer, j, prog, reply, rate, lazy=prog.mode == "postcopy")
+                await self._online(ctid, mid, peer, j, prog, reply, rate, lazy=prog.mode == "postcopy",
+                                   since=presync_started)
             else:
                 await self._offline(ctid, mid, peer, j, prog, reply, running)
         except BaseException as exc:
@@ -283,7 +285,8 @@ class Source:
         prog.say("done", f"container {ctid} now runs on {req.destination}")
 
     async def _online(self, ctid: int, mid: str, peer: pb_grpc.MigrationPeerStub, j: journal.Journal,
-                      prog: Progress, reply: pb.PrepareReply, rate: float | None, *, lazy: bool) -> None:
+                      prog: Progress, reply: pb.PrepareReply, rate: float | None, *, lazy: bool,
+                      since: float) -> None:
         lay = self.m.layout
         _, cfg = self.m.load(ctid)
         net = self.m.net_plan(ctid, cfg)
@@ -314,7 +317,7 @@ class Source:
                 await self.m.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
 
         try:
-            await self._run_online(ctid, mid, peer, j, prog, reply, rate, work, freeze_and_dump, page_server)
+            await self._run_online(ctid, mid, peer, j, prog, reply, rate, work, freeze_and_dump, page_server, since)
         except BaseException:
             if lazy_dump is not None and lazy_dump.returncode is None:
                 await _stop_lazy_dump(lazy_dump)
@@ -325,10 +328,16 @@ class Source:
 
     async def _run_online(self, ctid: int, mid: str, peer: pb_grpc.MigrationPeerStub, j: journal.Journal,
                           prog: Progress, reply: pb.PrepareReply, rate: float | None, work: Path,
-                          freeze_and_dump: Callable[[], Awaitable[None]], page_server: str) -> None:
+                          freeze_and_dump: Callable[[], Awaitable[None]], page_server: str, since: float) -> None:
         lay = self.m.layout
         await self._stage(prog, "dump", "freezing and dumping (network locked)" + (
             "; memory stays here for post-copy" if page_server else ""), freeze_and_dump)
+        delta = await fsdelta.changed_since(lay.private(ctid), since)
+        if delta.files:
+            await asyncio.to_thread(fsdelta.stage, lay.private(ctid), delta.files, work / "img")
+        prog.say("sync", "filesystem changes since the pre-copy: " + (
+            "none" if delta.files == () else delta.reason + (" (carried with the images)" if delta.files
+                                                              else "; final rsync")))
         level = images.zstd_level_for(rate)
         truncate = failpoints.action("src-truncate-images") == "corrupt"
 
@@ -353,7 +362,8 @@ class Source:
                 raise _rpc_error(e, "sending the checkpoint images failed") from None
 
         async def final_sync() -> None:
-            await run_rsync(lay.private(ctid), reply.rsync_url, reply.rsync_password, final=True)
+            if delta.files is None:
+                await run_rsync(lay.private(ctid), reply.rsync_url, reply.rsync_password, final=True)
 
         # the last filesystem changes and the images travel at the same time
         await self._stage(prog, "transfer", f"final filesystem sync and images (zstd -{level})",

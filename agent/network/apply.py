@@ -263,12 +263,25 @@ class NodeNetwork:
             await asyncio.to_thread(self._node_unroute, plan.venet.addresses)
 
     async def expose(self, plan: NetPlan) -> None:
-        """Make the container reachable again: node ends up, routes and proxy entries, announced."""
+        """Make the container reachable again: node ends up, routes and proxy entries, announced.
+
+        One worker thread does it all (a migration's downtime ends here); the second round of
+        gratuitous ARP goes out later in the background.
+        """
         names = [v.host_if for v in plan.veths] + ([plan.venet.host_if] if plan.venet else [])
-        await asyncio.to_thread(self._set_links, names, True)
-        if plan.venet is not None:
-            await asyncio.to_thread(self._node_routes, plan.venet.host_if, plan.venet.addresses)
-        await self.announce(plan)
+        v4 = plan.venet.v4 if plan.venet is not None else ()
+
+        def blocking() -> None:
+            self._set_links(names, True)
+            if plan.venet is not None:
+                self._node_routes(plan.venet.host_if, plan.venet.addresses)
+            self._announce_blocking(v4, count=1)
+
+        await asyncio.to_thread(blocking)
+        if v4:
+            task = asyncio.get_running_loop().call_later(
+                0.1, lambda: asyncio.ensure_future(asyncio.to_thread(self._announce_blocking, v4, 1)))
+            del task
 
     @staticmethod
     def _set_links(names: Sequence[str], up: bool) -> None:
@@ -284,12 +297,12 @@ class NodeNetwork:
             return
         await asyncio.to_thread(self._announce_blocking, plan.venet.v4)
 
-    def _announce_blocking(self, addresses: Sequence[str]) -> None:
+    def _announce_blocking(self, addresses: Sequence[str], count: int = 2) -> None:
         with IPRoute() as ipr:
             for addr in addresses:
                 for dev in _uplinks(ipr, addr, self.neighbour_devs):
                     try:
-                        arp.announce(dev, _mac_of(ipr, dev), addr)
+                        arp.announce(dev, _mac_of(ipr, dev), addr, count=count)
                     except OSError as e:
                         log.warning("gratuitous ARP for %s on %s failed: %s", addr, dev, e)
 

@@ -156,3 +156,14 @@ def test_a_too_small_disk_is_refused_before_anything_is_made(node: Node, cts: Co
     res = expect_exit(node, 2, "vzctl", "create", str(ct), "--ostemplate", "busybox", "--diskspace", "8M")
     assert "at least 16M" in res.stderr
     assert not node.conf_file(ct).exists() and not (images_dir(node) / f"{ct}.img").exists()
+
+
+def test_raising_beyond_the_image_resizes_it_while_stopped(node: Node, cts: Containers) -> None:
+    ct = cts.create("--diskspace", "32M:32M")  # an image of 4 x 32M
+    out = node.cli("vzctl", "set", str(ct), "--diskspace", "256M:256M", "--save").stdout
+    assert "resized to 1024M" in out
+    blocks = quota_stat(node, ct)["1k-blocks"]  # read from the unmounted image's superblock
+    assert blocks["hardlimit"] == 262144 and blocks["usage"] < 10 * 1024
+    node.cli("vzctl", "start", str(ct))
+    avail_kb = int(inside(node, ct, "df -k / | tail -1").stdout.split()[3])
+    assert 250 * 1024 < avail_kb <= 256 * 1024

@@ -490,7 +490,21 @@ async def _fsck(image: Path) -> None:
         raise VzError(Kind.FAILED, f"e2fsck of disk image {image} failed: {res.err_tail()}")
 
 
-async def _grow(image: Path, where: Path | None, spec: ImageSpec) -> None:
+async def _refresh_superblock(image: Path, limits: DiskLimits) -> None:
+    """Mount and unmount an unmounted image once: resize2fs clears the superblock's overhead count,
+    which the kernel recomputes and writes back at mount (vzquota stat of a stopped container
+    reads the superblock)."""
+    where = image.parent / f".{image.name}.mnt"
+    where.mkdir(mode=0o700, exist_ok=True)
+    try:
+        await _mount_image(image, where, limits)
+        await _umount(where)
+    finally:
+        with contextlib.suppress(OSError):
+            where.rmdir()
+
+
+async def _grow(image: Path, where: Path | None, spec: ImageSpec, limits: DiskLimits) -> None:
     """Resize the file system of image to spec.size: online when mounted at `where`, else offline."""
     if os.stat(image).st_size >= spec.size:
         return
@@ -505,6 +519,7 @@ async def _grow(image: Path, where: Path | None, spec: ImageSpec) -> None:
         await _fsck(image)
         os.truncate(image, spec.size)
         await proc.run(["resize2fs", str(image)], timeout=600, what=f"growing the file system of {image}")
+        await _refresh_superblock(image, limits)
     log.info("disk image %s grown to %d MiB", image, spec.size // MIB)
 
 
@@ -547,7 +562,7 @@ async def mount_private(layout: NodeLayout, ctid: int) -> bool:
                                   f"image {image}; move those files away first")
     spec = image_spec(limits)
     if os.stat(image).st_size < spec.size:  # the config was raised while the image was not mounted
-        await _grow(image, None, spec)
+        await _grow(image, None, spec, limits)
     await _mount_image(image, private, limits)
     return True
 
@@ -644,9 +659,9 @@ async def discard_private(layout: NodeLayout, ctid: int) -> None:
 async def purge(layout: NodeLayout) -> list[str]:
     """Unmount every disk image of the node and detach their loop devices (images stay). Idempotent."""
     done = []
-    prefix = str(layout.private_dir) + "/"
+    prefixes = (str(layout.private_dir) + "/", str(images_dir(layout)) + "/")
     for mp in sorted(mounts.mount_points(), key=len, reverse=True):
-        if mp.startswith(prefix):
+        if mp.startswith(prefixes):
             try:
                 await _umount_private(Path(mp))
                 done.append(f"unmounted {mp}")
@@ -676,7 +691,14 @@ async def _usage(layout: NodeLayout, ctid: int) -> FsUsage:
                 reserve = int(_sysfs_reserve(dev).read_text().strip())
         return _statfs_usage(private, block_count, reserve)
     res = await proc.run(["dumpe2fs", "-h", str(image)], timeout=60, what=f"reading disk image {image}")
-    return usage_from_dumpe2fs(parse_dumpe2fs(res.stdout.decode(errors="replace")))
+    fields = parse_dumpe2fs(res.stdout.decode(errors="replace"))
+    if "Overhead clusters" not in fields:  # resized by hand: let the kernel count the metadata again
+        values = _load_values(layout, ctid)
+        if values is not None:
+            await _refresh_superblock(image, limits_of(values, str(layout.conf_file(ctid))))
+            res = await proc.run(["dumpe2fs", "-h", str(image)], timeout=60, what=f"reading disk image {image}")
+            fields = parse_dumpe2fs(res.stdout.decode(errors="replace"))
+    return usage_from_dumpe2fs(fields)
 
 
 def _tree_usage(top: Path) -> tuple[int, int]:
@@ -754,7 +776,7 @@ async def apply_change(layout: NodeLayout, ctid: int, conf: ConfFile, old: Conta
         await _rebuild(layout, ctid, new_limits, convert=usage is None)
         conf.update_values({LAYOUT_KEY: IMAGE_LAYOUT})
     elif plan.grow:
-        await _grow(image, private if mounts.is_mountpoint(private) else None, image_spec(new_limits))
+        await _grow(image, private if mounts.is_mountpoint(private) else None, image_spec(new_limits), new_limits)
     if (plan.limit or plan.grow) and mounts.is_mountpoint(private):
         await _set_limit(image, private, new_limits)
     _grace_file(layout, ctid).unlink(missing_ok=True)

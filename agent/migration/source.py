@@ -303,21 +303,27 @@ class Source:
             host = self.listen_host
             page_server = f"[{host}]:{facts.free_port(host)}" if ":" in host else f"{host}:{facts.free_port(host)}"
 
+        delta = fsdelta.Delta(None, "not scanned")
+
         async def freeze_and_dump() -> None:
-            nonlocal lazy_dump
+            nonlocal lazy_dump, delta
             j.state = journal.OUT_FROZEN
             journal.save(lay.run_dir, j)  # before the freeze: a crash from here on resumes on restart
             prog.frozen_at = time.monotonic()
             await self.m.net.lock(net)
             await self.m.runc.pause(ctid)
             failpoints.hit("src-after-freeze")
+            # scanned now: the container cannot change anything any more, and CRIU has not yet
+            # touched its root (the dump itself makes and removes temporary directories there)
+            delta = await fsdelta.changed_since(lay.private(ctid), since)
             if lazy:
                 lazy_dump = await self.m.runc.checkpoint_lazy(ctid, work / "img", work / "dump", page_server)
             else:
                 await self.m.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
 
         try:
-            await self._run_online(ctid, mid, peer, j, prog, reply, rate, work, freeze_and_dump, page_server, since)
+            await self._run_online(ctid, mid, peer, j, prog, reply, rate, work, freeze_and_dump, page_server,
+                                   lambda: delta)
         except BaseException:
             if lazy_dump is not None and lazy_dump.returncode is None:
                 await _stop_lazy_dump(lazy_dump)
@@ -328,11 +334,12 @@ class Source:
 
     async def _run_online(self, ctid: int, mid: str, peer: pb_grpc.MigrationPeerStub, j: journal.Journal,
                           prog: Progress, reply: pb.PrepareReply, rate: float | None, work: Path,
-                          freeze_and_dump: Callable[[], Awaitable[None]], page_server: str, since: float) -> None:
+                          freeze_and_dump: Callable[[], Awaitable[None]], page_server: str,
+                          get_delta: Callable[[], fsdelta.Delta]) -> None:
         lay = self.m.layout
         await self._stage(prog, "dump", "freezing and dumping (network locked)" + (
             "; memory stays here for post-copy" if page_server else ""), freeze_and_dump)
-        delta = await fsdelta.changed_since(lay.private(ctid), since)
+        delta = get_delta()
         if delta.files:
             await asyncio.to_thread(fsdelta.stage, lay.private(ctid), delta.files, work / "img")
         prog.say("sync", "filesystem changes since the pre-copy: " + (

@@ -165,6 +165,10 @@ async def restore(m: ContainerManager, archive_text: str, ctid_text: str, *, for
                                     limits=tar_archive.Limits(max_total_bytes=max(bound, 1 << 20))):
                 yield p
         except tar_archive.ArchiveError as e:
+            cause = e.__cause__
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise VzError(Kind.FAILED, f"the archive does not fit{' its DISKSPACE' if image else ''}: "
+                                           f"{e}") from None
             raise VzError(Kind.INVALID, f"refused backup archive: {e}") from None
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -408,6 +408,11 @@ class Prober:
         with self.lock:
             return bool(self.ok) and self.ok[-1] > t
 
+    def connection_settled_after(self, t0: float, t1: float) -> bool:
+        """The persistent connection answered after t1, or broke after t0 (nothing more to wait for)."""
+        with self.lock:
+            return (bool(self.p_answers) and self.p_answers[-1][0] > t1) or any(t > t0 for t, _ in self.p_breaks)
+
     def window(self, t0: float, t1: float, end: float) -> dict[str, Any]:
         """Client-observed figures of a move that ran from t0 to t1 (monotonic), looked at until end."""
         lo = t0 - WINDOW_BEFORE_S
@@ -427,10 +432,12 @@ class Prober:
             "prober_max_late": max(late, default=0.0),
         }
         if self.persistent:
-            times = [lo, *[t for t, _ in answers]] if answers and answers[0][0] - lo < 0.5 else [t for t, _ in answers]
+            # the connection's longest silence, window edges included: a stall carried over from an
+            # earlier move or still going on at the end counts too
+            times = [lo, *[t for t, _ in answers], end]
             counts = [_field(line, b"count") for _, line in answers]
             out["persistent"] = {
-                "survived": not breaks and bool(answers),
+                "survived": not breaks and any(t > t1 for t, _ in answers),
                 "breaks": [r for _, r in breaks],
                 "max_stall": max((b - a for a, b in itertools.pairwise(times)), default=None),
                 "count_first": next((c for c in counts if c is not None), None),
@@ -618,32 +625,45 @@ class Bench:
             d.mkdir(parents=True)
         rsync = ["rsync", "-aH", "--numeric-ids", "--delete", "--modify-window=-1"]
 
-        # --- prepare the destination while the container runs
-        dst.private(ct).mkdir(parents=True, exist_ok=True)
-        run([*rsync, f"{src.private(ct)}/", f"{dst.private(ct)}/"], timeout=600)
-        dst.ve_root(ct).mkdir(parents=True, exist_ok=True)
-        run(["mount", "--bind", str(dst.private(ct)), str(dst.ve_root(ct))])
-        run(["ip", "netns", "add", ctns])
-        run(["ip", "-n", ctns, "link", "set", "lo", "up"])
-        run(["ip", "-n", dst.netns, "link", "add", vif, "type", "veth", "peer", "name", VENET_CT_IF, "netns", ctns])
-        run(["ip", "netns", "exec", dst.netns, "sysctl", "-q", "-w", f"net.ipv4.conf.{vif}.proxy_arp=1",
-             f"net.ipv4.neigh.{vif}.proxy_delay=0", f"net.ipv4.neigh.{UPLINK}.proxy_delay=0"])
-        run(["ip", "-n", dst.netns, "link", "set", vif, "up"])
-        run(["ip", "-n", ctns, "-batch", "-"], input_text=(
-            f"link set {VENET_CT_IF} up\naddr add {ip}/32 dev {VENET_CT_IF}\n"
-            f"route replace default dev {VENET_CT_IF} scope link\n"))
-        spec = json.loads((src.bundle(ct) / "config.json").read_text())
-        spec["root"]["path"] = str(dst.ve_root(ct))
-        for ns in spec["linux"]["namespaces"]:
-            if ns.get("type") == "network":
-                ns["path"] = str(NETNS_DIR / ctns)
-        spec["linux"]["cgroupsPath"] = dst.cgroup(ct)
-        dst.bundle(ct).mkdir(parents=True, exist_ok=True)
-        ann = spec.get("annotations", {})
-        if "org.criu.config" in ann:  # the container's CRIU options (skip-in-flight) go along
-            shutil.copy(ann["org.criu.config"], dst.bundle(ct) / "criu.conf")
-            ann["org.criu.config"] = str(dst.bundle(ct) / "criu.conf")
-        (dst.bundle(ct) / "config.json").write_text(json.dumps(spec, indent=2))
+        # --- prepare the destination while the container runs (undone if anything fails before restore)
+        def undo_destination() -> None:
+            run(["umount", str(dst.ve_root(ct))], check=False)
+            run(["ip", "-n", dst.netns, "link", "del", vif], check=False)
+            run(["ip", "netns", "delete", ctns], check=False)
+            shutil.rmtree(dst.bundle(ct), ignore_errors=True)
+            shutil.rmtree(dst.private(ct), ignore_errors=True)
+            shutil.rmtree(d_scr, ignore_errors=True)
+
+        try:
+            dst.private(ct).mkdir(parents=True, exist_ok=True)
+            run([*rsync, f"{src.private(ct)}/", f"{dst.private(ct)}/"], timeout=600)
+            dst.ve_root(ct).mkdir(parents=True, exist_ok=True)
+            run(["mount", "--bind", str(dst.private(ct)), str(dst.ve_root(ct))])
+            run(["ip", "netns", "add", ctns])
+            run(["ip", "-n", ctns, "link", "set", "lo", "up"])
+            run(["ip", "-n", dst.netns, "link", "add", vif, "type", "veth", "peer", "name", VENET_CT_IF,
+                 "netns", ctns])
+            run(["ip", "netns", "exec", dst.netns, "sysctl", "-q", "-w", f"net.ipv4.conf.{vif}.proxy_arp=1",
+                 f"net.ipv4.neigh.{vif}.proxy_delay=0", f"net.ipv4.neigh.{UPLINK}.proxy_delay=0"])
+            run(["ip", "-n", dst.netns, "link", "set", vif, "up"])
+            run(["ip", "-n", ctns, "-batch", "-"], input_text=(
+                f"link set {VENET_CT_IF} up\naddr add {ip}/32 dev {VENET_CT_IF}\n"
+                f"route replace default dev {VENET_CT_IF} scope link\n"))
+            spec = json.loads((src.bundle(ct) / "config.json").read_text())
+            spec["root"]["path"] = str(dst.ve_root(ct))
+            for ns in spec["linux"]["namespaces"]:
+                if ns.get("type") == "network":
+                    ns["path"] = str(NETNS_DIR / ctns)
+            spec["linux"]["cgroupsPath"] = dst.cgroup(ct)
+            dst.bundle(ct).mkdir(parents=True, exist_ok=True)
+            ann = spec.get("annotations", {})
+            if "org.criu.config" in ann:  # the container's CRIU options (skip-in-flight) go along
+                shutil.copy(ann["org.criu.config"], dst.bundle(ct) / "criu.conf")
+                ann["org.criu.config"] = str(dst.bundle(ct) / "criu.conf")
+            (dst.bundle(ct) / "config.json").write_text(json.dumps(spec, indent=2))
+        except BaseException:
+            undo_destination()
+            raise
         times["prepare"] = time.monotonic() - t
 
         # --- frozen window
@@ -657,8 +677,10 @@ class Bench:
             run(["ip", "-force", "-n", src.netns, "-batch", "-"], check=False, input_text=(
                 f"link set {vif} up\nroute replace {ip}/32 dev {vif} scope link\n"
                 f"neigh add proxy {ip} dev {UPLINK}\n"))
+            undo_destination()
             raise BenchError(f"runc checkpoint failed: {_criu_error(s_scr / 'dump/dump.log', res)}")
         times["checkpoint"] = time.monotonic() - t
+        image_bytes = sum(f.stat().st_size for f in (s_scr / "img").iterdir() if f.is_file())
         t = time.monotonic()
         with ThreadPoolExecutor(2) as pool:
             jobs = [pool.submit(run, [*rsync, f"{src.private(ct)}/", f"{dst.private(ct)}/"], timeout=600),
@@ -686,6 +708,8 @@ class Bench:
         t = time.monotonic()
         if src.runs(ct) or run(src.runc("state", str(ct)), check=False).returncode == 0:
             run(src.runc("delete", "--force", str(ct)), check=False)
+        # the pair explicitly: a namespace is destroyed asynchronously, its veth could outlive the name
+        run(["ip", "-n", src.netns, "link", "del", vif], check=False)
         run(["ip", "netns", "delete", src.ct_netns(ct)], check=False)
         run(["umount", str(src.ve_root(ct))], check=False)
         with contextlib.suppress(OSError):
@@ -698,7 +722,7 @@ class Bench:
         for d in (s_scr, d_scr):
             shutil.rmtree(d, ignore_errors=True)
         times["cleanup"] = time.monotonic() - t
-        return {"mode": "runc checkpoint/rsync/restore", "frozen": frozen,
+        return {"mode": "runc checkpoint/rsync/restore", "frozen": frozen, "image_bytes": image_bytes,
                 "stages": {k: round(v, 3) for k, v in times.items()}}
 
     # --- one scenario -------------------------------------------------------------------------------
@@ -715,6 +739,10 @@ class Bench:
         t1 = time.monotonic()
         deadline = t1 + RECOVER_WAIT_S
         while time.monotonic() < deadline and not prober.answered_after(t1):
+            time.sleep(0.02)
+        # TCP's retransmission backoff can keep the persistent connection silent well after the
+        # container answers new connections: wait for it, so that moves do not overlap in its record
+        while prober.persistent and time.monotonic() < deadline and not prober.connection_settled_after(t0, t1):
             time.sleep(0.02)
         time.sleep(max(0.0, t1 + SETTLE_AFTER_S - time.monotonic()))
         answered = prober.answered_after(t1)
@@ -811,8 +839,12 @@ def _run_line(sc: Scenario, rec: dict[str, Any]) -> str:
     text += f", {p['failed_attempts']} failed probes"
     if "persistent" in p:
         pc = p["persistent"]
-        text += (f", connection {'kept' if pc['survived'] else 'BROKEN ' + ','.join(pc['breaks'])}"
+        state = "kept" if pc["survived"] else ("BROKEN: " + ",".join(pc["breaks"]) if pc["breaks"]
+                                                 else "silent after the move")
+        text += (f", connection {state}"
                  f" (stall {_fmt(pc['max_stall'], 5)} s, count {pc['count_first']}->{pc['count_last']})")
+    if rec.get("image_bytes"):
+        text += f", images {rec['image_bytes'] / 1e6:.1f} MB"
     if "verify" in rec:
         text += f", bad pages {rec['verify'].get('bad_pages')}"
     if rec["error"]:
@@ -844,6 +876,7 @@ def summarize(sc: Scenario, runs: list[dict[str, Any]], prober: Prober) -> dict[
         if sc.kind == "mem":
             pcs = [r["probe"]["persistent"] for r in mine]
             entry["connection_kept"] = sum(1 for p in pcs if p["survived"])
+            entry["connection_stall"] = stats([p["max_stall"] for p in pcs if p["survived"] and p["max_stall"]])
             entry["bad_pages"] = sum((r.get("verify") or {}).get("bad_pages") or 0 for r in mine)
             entry["bad_answers"] = max((p["bad_max"] or 0 for p in pcs), default=0)
             entry["counter_continued"] = sum(
@@ -942,7 +975,8 @@ def print_report(env: dict[str, Any], results: list[dict[str, Any]]) -> None:
         if r["scenario"] == "mem":
             for method in ("ours", "baseline"):
                 e = r[method]
-                print(f"   {method}: persistent connection kept {e['connection_kept']}/{e['moves']}, counter "
+                print(f"   {method}: persistent connection kept {e['connection_kept']}/{e['moves']} (longest "
+                      f"silence median {_fmt(e['connection_stall']['median'], 5)} s), counter "
                       f"continued {e['counter_continued']}/{e['moves']}, bad pages after moves {e['bad_pages']}, "
                       f"bad in answers {e['bad_answers']}")
         ratio = r["ratios"]["downtime"]

@@ -663,7 +663,7 @@ class ContainerManager:
                 os.kill(pid, signal.SIGTERM)
 
     async def _cleanup_stopped(self, ctid: int) -> None:
-        await self.net.teardown(self.net_plan(ctid, self.load(ctid)[1]))
+        await self.net.teardown(self.net_plan(ctid, self.load(ctid)[1]), netplan.venet_host_if(ctid))
         await netns.remove(self.layout.netns_name(ctid))
         root = self.layout.ve_root(ctid)
         if mounts.is_mountpoint(root):

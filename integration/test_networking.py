@@ -7,7 +7,7 @@ neighbour entry at once; duplicate addresses are refused and change nothing; liv
 work and `stop` leaves no proxy neighbour entry or host route; a bridged veth (`--netif_add`) has stable
 MACs; `--netfilter disabled` takes CAP_NET_ADMIN away and no container sees the node's interfaces.
 The module's fixture takes the cluster down and fails if any namespace, runc state, mount, cgroup or
-process of it is left. Two product bugs are pinned by strict xfails (their reasons say where).
+process of it is left.
 
 Traffic goes only to addresses inside this module's namespaces: the nodes', the LAN's, the
 containers' (10.217.0.0/24) and a bridge subnet inside node 1 (10.217.5.0/24). Every wait is bounded.
@@ -522,10 +522,6 @@ def test_ipadd_and_ipdel_on_a_running_container_and_stop_leaves_no_routes(nc: Cl
     assert not {base, extra} & host_routes(n1).keys(), ip_json("-n", n1.netns, "-4", "route", "show")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: NodeNetwork._node_unroute (agent/network/apply.py:198) deletes the host route without "
-    "scope=link; the kernel refuses that (ESRCH, suppressed), so --ipdel leaves the route to venetCTID and "
-    "the address stays taken on the node"))
 def test_ipdel_frees_the_address_on_the_node(nc: Cluster3, cts: Cts) -> None:
     # given: 110 running on n1, given an address with --save and then without it again
     n1 = nc.n1
@@ -544,10 +540,6 @@ def test_ipdel_frees_the_address_on_the_node(nc: Cluster3, cts: Cts) -> None:
     assert res.returncode == 0, describe(res, n1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: stop tears the network down from the stored config only (agent/containers.py:665 "
-    "_cleanup_stopped -> net_plan(ctid, load(ctid))), so the proxy neighbour entry of an address added "
-    "without --save stays on the node's uplink after stop"))
 def test_address_added_without_save_is_gone_from_the_node_after_stop(nc: Cluster3, cts: Cts) -> None:
     # given: 107 running on n1 with one address, and a second one added live (without --save)
     n1, n2 = nc.n1, nc.n2

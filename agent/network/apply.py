@@ -194,8 +194,8 @@ class NodeNetwork:
                         continue
                     with contextlib.suppress(NetlinkError):
                         ipr.neigh("del", dst=addr, ifindex=idx, flags=NTF_PROXY, family=10 if v6 else 2)
-                with contextlib.suppress(NetlinkError):
-                    ipr.route("del", dst=addr, dst_len=128 if v6 else 32, family=10 if v6 else 2)
+                with contextlib.suppress(NetlinkError):  # scope must match the route added (link)
+                    ipr.route("del", dst=addr, dst_len=128 if v6 else 32, scope=253, family=10 if v6 else 2)
 
     def _node_veth(self, ns_name: str, v: VethPlan, expose: bool = True) -> None:
         with IPRoute() as ipr:
@@ -306,12 +306,25 @@ class NodeNetwork:
                     except OSError as e:
                         log.warning("gratuitous ARP for %s on %s failed: %s", addr, dev, e)
 
-    async def teardown(self, plan: NetPlan) -> None:
-        """Remove the node side (idempotent); the container side dies with its namespace."""
-        if plan.venet is not None:
-            await asyncio.to_thread(self._node_unroute, plan.venet.addresses)
-        await asyncio.to_thread(self._del_links, [v.host_if for v in plan.veths]
-                                + ([plan.venet.host_if] if plan.venet else []))
+    async def teardown(self, plan: NetPlan, venet_if: str | None = None) -> None:
+        """Remove the node side (idempotent); the container side dies with its namespace.
+
+        Addresses routed to the container's venet interface go too, also those added live without
+        --save (not in the plan made from its config).
+        """
+        venet_if = venet_if or (plan.venet.host_if if plan.venet else None)
+        addresses = list(plan.venet.addresses) if plan.venet else []
+        if venet_if:
+            routed = await asyncio.to_thread(self._routed_to, venet_if)
+            addresses += [a for a in routed if a not in addresses]
+        if addresses:
+            await asyncio.to_thread(self._node_unroute, addresses)
+        await asyncio.to_thread(self._del_links, [v.host_if for v in plan.veths] + ([venet_if] if venet_if else []))
+
+    @staticmethod
+    def _routed_to(dev: str) -> list[str]:
+        with IPRoute() as ipr:
+            return [a for a, d in _venet_routes(ipr).items() if d == dev]
 
     @staticmethod
     def _del_links(names: Sequence[str]) -> None:

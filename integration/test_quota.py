@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.layout import NodeLayout
+from agent.storage import quota
 from integration.harness import Containers, Node, describe
 
 pytestmark = [pytest.mark.privileged, pytest.mark.integration]
@@ -167,3 +170,28 @@ def test_raising_beyond_the_image_resizes_it_while_stopped(node: Node, cts: Cont
     node.cli("vzctl", "start", str(ct))
     avail_kb = int(inside(node, ct, "df -k / | tail -1").stdout.split()[3])
     assert 250 * 1024 < avail_kb <= 256 * 1024
+
+
+def test_prepare_private_makes_the_same_empty_limited_area_for_an_incoming_container(tmp_path: Path) -> None:
+    """What a migration destination (or a restore) calls before any file arrives."""
+    layout = NodeLayout.at(tmp_path / "dst", "vztprep")
+    conf = {"DISKSPACE": "20M:20M", "DISKINODES": "500:500", "VE_LAYOUT": "image"}
+    private = layout.private(4242)
+    try:
+        assert asyncio.run(quota.prepare_private(layout, 4242, conf)) is True
+        assert os.path.ismount(private) and os.listdir(private) == []
+        # the limit holds before the container exists: even the host's root stops at 20 MiB
+        res = subprocess.run(["dd", "if=/dev/zero", f"of={private}/fill", "bs=1M", "count=40"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0 and "No space left" in res.stderr
+        assert 18 * MIB < (private / "fill").stat().st_size <= 20 * MIB
+        assert os.statvfs(private).f_files >= 500
+        assert asyncio.run(quota.prepare_private(layout, 4243, {"DISKSPACE": "2G:2G"})) is False  # plain
+        assert layout.private(4243).is_dir()
+    finally:
+        asyncio.run(quota.discard_private(layout, 4242))
+        asyncio.run(quota.discard_private(layout, 4243))
+    assert not private.exists() and not quota.image_path(layout, 4242).exists()
+    res = subprocess.run(["losetup", "--list", "--json", "--output", "BACK-FILE"], capture_output=True, text=True,
+                         timeout=30)
+    assert str(tmp_path) not in res.stdout

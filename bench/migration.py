@@ -538,13 +538,7 @@ class Bench:
 
     def down(self) -> None:
         log(f"taking the local cluster {self.prefix} down")
-        try:
-            self.cluster.down()
-        except CliError as e:
-            log(f"cluster down: {e}")
-            raise
-        if not any(mp.startswith(f"{self.base}/") for mp in mount_points()):
-            shutil.rmtree(self.base, ignore_errors=True)
+        remove_cluster(self.cluster)
 
     def tool(self, name: str, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run([str(self.bin / name), *args], env=self.env, timeout=timeout, check=check)
@@ -989,7 +983,31 @@ def print_report(env: dict[str, Any], results: list[dict[str, Any]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Stale clusters of killed runs
+# Taking clusters down, also those of killed runs
+
+
+def remove_cluster(cluster: LocalCluster) -> None:
+    """down(), then delete the base directory. The agents' purge unmounts each mount point once, so a
+    mount stacked several times on a container root (left by an interrupted baseline move) is
+    unmounted here until none is left, and down() tried again."""
+    try:
+        cluster.down()
+    except CliError as first:
+        stacked = {mp for mp in mount_points() if mp.startswith(f"{cluster.base}/")}
+        if not stacked:
+            raise
+        log(f"unmounting what the purge left: {' '.join(sorted(stacked))}")
+        for mp in sorted(stacked, key=len, reverse=True):
+            for _ in range(16):
+                if mp not in mount_points() or run(["umount", mp], check=False).returncode != 0:
+                    break
+        try:
+            cluster.down()
+        except CliError:
+            raise first from None
+    if not any(mp.startswith(f"{cluster.base}/") for mp in mount_points()):
+        shutil.rmtree(cluster.base, ignore_errors=True)
+
 
 
 def clean_stale() -> None:
@@ -1010,10 +1028,8 @@ def clean_stale() -> None:
         log(f"removing the cluster a killed bench run left ({PREFIX_HEAD}{hexid}-)")
         prefix = f"{PREFIX_HEAD}{hexid}-"
         try:
-            LocalCluster(prefix=prefix, node_prefix=prefix, subnet=DEFAULT_SUBNET, base=base,
-                         progress=lambda line: log(f"cluster: {line}")).down()
-            if not any(mp.startswith(f"{base}/") for mp in mount_points()):
-                shutil.rmtree(base, ignore_errors=True)
+            remove_cluster(LocalCluster(prefix=prefix, node_prefix=prefix, subnet=DEFAULT_SUBNET, base=base,
+                                        progress=lambda line: log(f"cluster: {line}")))
         except CliError as e:
             log(f"could not remove it: {e}")
 

@@ -34,8 +34,11 @@ async def purge_node(layout: NodeLayout) -> list[str]:
         await netns.remove(name)
         done.append(f"netns {name} removed")
     root_prefix = str(layout.ve_root_dir) + "/"
-    for mp in sorted(mounts.mount_points(), key=len, reverse=True):
-        if mp.startswith(root_prefix):
+    for _ in range(8):  # a path can be mounted several times over: unmount until none is left
+        ours = sorted((mp for mp in mounts.mount_points() if mp.startswith(root_prefix)), key=len, reverse=True)
+        if not ours:
+            break
+        for mp in ours:
             await mounts.unmount(layout.ve_root_dir / mp[len(root_prefix):])
             done.append(f"unmounted {mp}")
     done += await quota.purge(layout)  # disk images: unmounted, loop devices detached (images stay)

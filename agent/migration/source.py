@@ -483,6 +483,8 @@ class Source:
         await netns.remove(lay.netns_name(ctid))
         if mounts.is_mountpoint(lay.ve_root(ctid)):
             await mounts.unmount(lay.ve_root(ctid))
+        with contextlib.suppress(OSError):  # kept for diagnosis of the last move
+            shutil.copy(self.work_dir(ctid) / "dump" / "dump.log", lay.run_dir / "migrations" / f"last-dump-{ctid}.log")
         shutil.rmtree(self.work_dir(ctid), ignore_errors=True)
         shutil.rmtree(lay.bundle(ctid), ignore_errors=True)
         if keep_source:

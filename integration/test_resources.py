@@ -170,6 +170,13 @@ def test_cpu_limits_are_in_the_cgroup_files_and_accounting_agrees(node: Node, ct
     assert rows[0] == "Pid\tCTID\tName\tNode"
     assert rows[1].split("\t") == [init, str(a), "init", node.name]
 
+    # lifting limits live works too (runc update keeps every limit it is not given)
+    node.cli("vzctl", "set", str(a), "--cpulimit", "0", "--cpus", "unlimited", "--numproc", "unlimited", "--save")
+    assert_kernel_matches_plan(node, a)
+    assert kernel_value(node, a, "pids", "pids.max") == "max"
+    if detect().version == 1:
+        assert kernel_value(node, a, "cpu", "cpu.cfs_quota_us") == "-1"
+
 
 def test_io_and_per_process_limits_apply_live(node: Node, cts: Containers) -> None:
     a = cts.create(start=True)

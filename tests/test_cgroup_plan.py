@@ -146,8 +146,12 @@ def cfg(*params: tuple[str, str], base: str = "") -> ContainerConfig:
     return ContainerConfig.from_conf(conf, "test.conf")
 
 
+HOST = limits.Host(cpus="0-3", mems="0", swap_accounting=True)
+NO = limits.NO_LIMIT
+
+
 @pytest.mark.parametrize(("params", "memory", "memsw"), [
-    ((("ram", "64M"),), 64 * MIB, None),
+    ((("ram", "64M"),), 64 * MIB, NO),
     ((("ram", "64M"), ("swap", "32M")), 64 * MIB, 96 * MIB),
     # privvmpages caps memory + swap (the kernel cannot count untouched allocations)
     ((("ram", "64M"), ("swap", "32M"), ("privvmpages", "80M")), 64 * MIB, 80 * MIB),
@@ -155,18 +159,38 @@ def cfg(*params: tuple[str, str], base: str = "") -> ContainerConfig:
     ((("ram", "64M"), ("swap", "0")), 64 * MIB, 64 * MIB + 4096),
     ((("ram", "64M"), ("privvmpages", "48M")), 48 * MIB, 48 * MIB + 4096),
     ((("privvmpages", "100M"),), 100 * MIB, 100 * MIB + 4096),
-    ((("ram", "64M"), ("privvmpages", "unlimited")), 64 * MIB, None),
+    ((("ram", "64M"), ("privvmpages", "unlimited")), 64 * MIB, NO),
+    ((("ram", "unlimited"),), NO, None),  # runc lifts memory+swap along with memory
 ])
 def test_memory_limits(params: tuple[tuple[str, str], ...], memory: int, memsw: int | None) -> None:
-    res = limits.resources(cfg(*params))
+    res = limits.resources(cfg(*params), on=HOST)
     assert (res.memory_bytes, res.memory_swap_bytes) == (memory, memsw)
+
+
+def test_no_limit_is_explicit_so_that_runc_update_lifts_an_old_one() -> None:
+    """`runc update` keeps the old value of every limit it is not given."""
+    res = limits.resources(cfg(("ram", "64M"), ("cpulimit", "0"), ("numproc", "unlimited"), ("cpumask", "all")),
+                           on=HOST)
+    assert (res.memory_swap_bytes, res.cpu_quota_us, res.pids_limit) == (NO, NO, NO)
+    assert (res.cpuset_cpus, res.cpuset_mems) == ("0-3", "0")
+    oci = res.to_oci()
+    assert oci["memory"] == {"limit": 64 * MIB, "swap": -1}
+    assert (oci["cpu"]["quota"], oci["cpu"]["cpus"], oci["pids"]["limit"]) == (-1, "0-3", -1)
+
+
+def test_without_swap_accounting_swap_is_left_alone() -> None:
+    res = limits.resources(cfg(("ram", "64M")), on=limits.Host("0", "0", swap_accounting=False))
+    assert res.memory_swap_bytes is None
 
 
 def test_cgroup_limits_carry_the_io_parameters() -> None:
     lim = limits.cgroup_limits(cfg(("ioprio", "6"), ("iolimit", "10"), ("iopslimit", "300"), ("numproc", "64"),
-                                   ("cpulimit", "25")), VDA)
+                                   ("cpulimit", "25")), VDA, on=HOST)
     assert (lim.io_weight, lim.io_device, lim.io_bps, lim.io_iops) == (400, VDA, 10 * MIB, 300)
     assert (lim.pids, lim.cpu_quota_us, lim.cpu_period_us) == (64, 25_000, 100_000)
+    unlimited = limits.cgroup_limits(cfg(), on=HOST)
+    assert (unlimited.memory, unlimited.cpu_quota_us, unlimited.pids, unlimited.cpuset_cpus) == \
+        (None, None, None, "0-3")
 
 
 def test_rlimits_follow_numfile_and_lockedpages_and_never_exceed_the_agents_hard_limits() -> None:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.cgroups.hierarchy import detect
 from agent.cgroups.plan import CgroupLimits, Device, ioprio_weight
 from agent.config.params import PAGE_SIZE, ContainerConfig
 from agent.runtime.oci import DEFAULT_CAPS, Resources
@@ -65,14 +66,47 @@ def _limit_of(cfg: ContainerConfig, name: str) -> int | None:
     return None if pair is None else pair[1]
 
 
-def resources(cfg: ContainerConfig, ncpu: int | None = None) -> Resources:
+NO_LIMIT = -1  # "no limit" in OCI resources: a limit left out would keep its old value on `runc update`
+
+
+@dataclass(frozen=True)
+class Host:
+    """What "all" and "unlimited" mean on this host."""
+
+    cpus: str  # online CPUs, e.g. "0-1"
+    mems: str  # online memory nodes, e.g. "0"
+    swap_accounting: bool  # the memory controller counts swap (v1 memsw files exist)
+
+
+def _sysfs_list(path: str, default: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip() or default
+    except OSError:
+        return default
+
+
+def host() -> Host:
+    """This host's online CPUs and memory nodes, and whether swap is accounted."""
+    fs = detect()
+    memory_root = fs.dir("memory", "/")
+    swap = fs.version == 2 or (memory_root is not None and (memory_root / "memory.memsw.limit_in_bytes").exists())
+    return Host(cpus=_sysfs_list("/sys/devices/system/cpu/online", f"0-{(os.cpu_count() or 1) - 1}"),
+                mems=_sysfs_list("/sys/devices/system/node/online", "0"), swap_accounting=swap)
+
+
+def resources(cfg: ContainerConfig, ncpu: int | None = None, on: Host | None = None) -> Resources:
     """OpenVZ parameters mapped to the cgroup limits runc applies (docs/resources.md lists the mapping).
 
     Memory: `--ram` is the memory limit, `--ram` + `--swap` the memory+swap limit. `--privvmpages`
     (allocated memory in OpenVZ) caps memory+swap too: the kernel cannot count allocations that
     were never touched, so the nearest mechanism limits what the container really uses.
+
+    Every limit is explicit, "no limit" included (NO_LIMIT, all CPUs, all memory nodes): the same
+    resources serve `runc update`, which keeps the old value of a limit that is left out, so
+    `vzctl set --cpulimit 0` or `--ram unlimited` would otherwise change nothing.
     """
-    ncpu = ncpu or os.cpu_count() or 1
+    h = on or host()
     mem = cfg.ram_bytes
     swap_total = None
     if mem is not None and cfg.swap_bytes is not None:
@@ -97,33 +131,44 @@ def resources(cfg: ContainerConfig, ncpu: int | None = None) -> Resources:
         cap = cfg.cpus * PERIOD_US
         quota = cap if quota is None else min(quota, cap)
     pids = cfg.numproc[1] if cfg.numproc is not None else None
+    if mem is None:
+        swap = None  # runc lifts memory+swap itself along with memory (where swap is accounted)
+    elif swap_total is None:
+        swap = NO_LIMIT if h.swap_accounting else None
+    else:
+        swap = swap_total
     return Resources(
-        memory_bytes=mem,
-        memory_swap_bytes=swap_total,
+        memory_bytes=NO_LIMIT if mem is None else mem,
+        memory_swap_bytes=swap,
         cpu_shares=shares,
-        cpu_quota_us=quota,
+        cpu_quota_us=NO_LIMIT if quota is None else quota,
         cpu_period_us=PERIOD_US,
-        cpuset_cpus=cfg.cpumask,
-        cpuset_mems=cfg.nodemask,
-        pids_limit=pids,
+        cpuset_cpus=cfg.cpumask or h.cpus,
+        cpuset_mems=cfg.nodemask or h.mems,
+        pids_limit=NO_LIMIT if pids is None else pids,
     )
 
 
-def cgroup_limits(cfg: ContainerConfig, io_device: Device | None = None) -> CgroupLimits:
+def _limited(value: int | None) -> int | None:
+    return None if value is None or value < 0 else value
+
+
+def cgroup_limits(cfg: ContainerConfig, io_device: Device | None = None, on: Host | None = None) -> CgroupLimits:
     """Every cgroup limit of the container (what runc applies plus the I/O limits the agent writes).
 
     `io_device` is the disk holding the private area; without one the throttles are left out.
     """
-    res = resources(cfg)
+    res = resources(cfg, on=on)
+    memory = _limited(res.memory_bytes)
     return CgroupLimits(
-        memory=res.memory_bytes,
-        memory_swap=res.memory_swap_bytes if res.memory_bytes is not None else None,
+        memory=memory,
+        memory_swap=_limited(res.memory_swap_bytes) if memory is not None else None,
         cpu_shares=res.cpu_shares,
-        cpu_quota_us=res.cpu_quota_us,
+        cpu_quota_us=_limited(res.cpu_quota_us),
         cpu_period_us=res.cpu_period_us,
         cpuset_cpus=res.cpuset_cpus,
         cpuset_mems=res.cpuset_mems,
-        pids=res.pids_limit,
+        pids=_limited(res.pids_limit),
         io_weight=None if cfg.ioprio is None else ioprio_weight(cfg.ioprio),
         io_device=io_device,
         io_bps=cfg.iolimit_bytes,

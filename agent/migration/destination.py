@@ -24,6 +24,7 @@ from agent.containers import ContainerManager
 from agent.errors import Kind, VzError
 from agent.migration import facts, failpoints, fsdelta, images, journal, rsyncd
 from agent.network import netns
+from agent.storage import quota
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,14 @@ class Destination:
         try:
             # the private area is received in place (a kept partial copy of an earlier try is reused);
             # the incoming journal reserves the CTID until the config file is written at restore
-            if self.incoming_dir(ctid).exists():
-                os.rename(self.incoming_dir(ctid), lay.private(ctid))
-            lay.private(ctid).mkdir(mode=0o755, exist_ok=True)
+            if quota.wants_image(conf):
+                # a disk image with the same limits, in force before the container resumes here
+                await asyncio.to_thread(shutil.rmtree, self.incoming_dir(ctid), True)
+                await quota.prepare_private(lay, ctid, conf)
+            else:
+                if self.incoming_dir(ctid).exists():
+                    os.rename(self.incoming_dir(ctid), lay.private(ctid))
+                lay.private(ctid).mkdir(mode=0o755, exist_ok=True)
             inc.daemon = await rsyncd.start(self.listen_host, lay.private(ctid), work / "rsyncd")
             if online:
                 # everything a restore needs, made now so that the frozen window holds only the restore
@@ -310,7 +316,9 @@ class Destination:
             lay.ve_root(ctid).rmdir()
         shutil.rmtree(lay.bundle(ctid), ignore_errors=True)
         lay.conf_file(ctid).unlink(missing_ok=True)
-        if lay.private(ctid).exists():
+        if mounts.is_mountpoint(lay.private(ctid)) or quota.image_path(lay, ctid).exists():
+            await quota.discard_private(lay, ctid)  # a disk image is not kept for a retry
+        elif lay.private(ctid).exists():
             if keep_dst:
                 shutil.rmtree(self.incoming_dir(ctid), ignore_errors=True)
                 os.rename(lay.private(ctid), self.incoming_dir(ctid))

@@ -29,6 +29,7 @@ from agent.errors import Kind, VzError
 from agent.migration import facts, failpoints, fsdelta, images, journal, rsyncd
 from agent.migration.destination import Facts, node_facts
 from agent.network import netns
+from agent.storage import quota
 from vzapi import migration_pb2 as pb
 from vzapi import migration_pb2_grpc as pb_grpc
 
@@ -227,6 +228,8 @@ class Source:
         if st is not None and st.status == "paused":
             raise VzError(Kind.STATE, f"container {ctid} is suspended; resume it before migrating")
         online = req.online and running
+        # a stopped container's disk image is mounted for the copy (and unmounted again if the move fails)
+        mounted_for_copy = await quota.mount_private(lay, ctid)
         src = await node_facts(self.m)
         private_bytes = await dir_bytes(lay.private(ctid))
         mid = uuid.uuid4().hex[:12]
@@ -273,6 +276,11 @@ class Source:
         except BaseException as exc:
             if prepared and j.state in (journal.OUT_PREPARED, journal.OUT_FROZEN):
                 await self._rollback(ctid, mid, peer, j, prog, keep_dst=req.keep_dst)
+            if mounted_for_copy or (not online and running):
+                st_now = await self.m.runc.state(ctid)
+                if st_now is None or st_now.status == "stopped":
+                    with contextlib.suppress(VzError):
+                        await quota.unmount_private(lay, ctid)
             elif j.state == journal.OUT_COMMIT_SENT:
                 log.error("migration %s of %d: commit outcome unknown: %s", mid, ctid, exc)
             raise
@@ -394,6 +402,7 @@ class Source:
                 journal.save(lay.run_dir, j)
                 prog.frozen_at = time.monotonic()
                 await self.m.stop_unlocked(ctid)
+                await quota.mount_private(lay, ctid)  # stop unmounted its disk image: the copy needs it
             await self._stage(prog, "stop", "stopping the container", stop)
         await self._stage(prog, "sync", "final filesystem sync", lambda: run_rsync(
             lay.private(ctid), reply.rsync_url, reply.rsync_password, final=True))
@@ -483,6 +492,7 @@ class Source:
         await netns.remove(lay.netns_name(ctid))
         if mounts.is_mountpoint(lay.ve_root(ctid)):
             await mounts.unmount(lay.ve_root(ctid))
+        await quota.unmount_private(lay, ctid)  # a disk image, if the container has one
         with contextlib.suppress(OSError):  # kept for diagnosis of the last move
             shutil.copy(self.work_dir(ctid) / "dump" / "dump.log", lay.run_dir / "migrations" / f"last-dump-{ctid}.log")
         shutil.rmtree(self.work_dir(ctid), ignore_errors=True)
@@ -491,9 +501,11 @@ class Source:
             return
         conf = lay.conf_file(ctid)
         os.replace(conf, conf.with_name(f"{ctid}.conf.migrated"))
-        trash = Path(tempfile.mkdtemp(prefix=f".{ctid}.migrated.", dir=lay.private_dir))
-        os.rename(lay.private(ctid), trash / "private")
-        await asyncio.to_thread(shutil.rmtree, trash, True)
+        if lay.private(ctid).exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{ctid}.migrated.", dir=lay.private_dir))
+            os.rename(lay.private(ctid), trash / "private")
+            await asyncio.to_thread(shutil.rmtree, trash, True)
+        quota.remove_image(lay, ctid)
         with contextlib.suppress(OSError):
             lay.ve_root(ctid).rmdir()
 

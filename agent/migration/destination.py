@@ -24,6 +24,7 @@ from agent.containers import ContainerManager
 from agent.errors import Kind, VzError
 from agent.migration import facts, failpoints, fsdelta, images, journal, rsyncd
 from agent.network import netns
+from agent.runtime import apply_limits
 from agent.storage import quota
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ class Destination:
                 await self._start_lazy_pages(inc, page_server)
             pid = await self.m.runc.restore(ctid, lay.bundle(ctid), self.work_dir(ctid) / "img",
                                             self.work_dir(ctid) / "restore", lazy=lazy)
+            await apply_limits.at_start(lay, ctid, inc.cfg)  # runc restores only its own limits
         elif start:
             info = await self.m.start(str(ctid))
             pid = info.init_pid

@@ -51,3 +51,18 @@ def remove_if_empty(cgpath: str) -> None:
             os.rmdir(base / rel)
         except OSError:
             pass
+
+
+def thaw(cgpath: str) -> None:
+    """Thaw a frozen cgroup (v1 freezer.state, v2 cgroup.freeze); no-op when it does not exist."""
+    from agent.cgroups.hierarchy import detect
+
+    fs = detect()
+    d = fs.dir("freezer", cgpath)
+    if d is None:
+        return
+    target, value = (d / "cgroup.freeze", "0") if fs.version == 2 else (d / "freezer.state", "THAWED")
+    try:
+        target.write_text(value)
+    except FileNotFoundError:
+        pass

@@ -23,12 +23,13 @@ from typing import Any
 
 import grpc
 
-from agent import mounts, proc
+from agent import cgroups, mounts, proc
 from agent.containers import ContainerManager
 from agent.errors import Kind, VzError
 from agent.migration import facts, failpoints, fsdelta, images, journal, rsyncd
 from agent.migration.destination import Facts, node_facts
 from agent.network import netns
+from agent.runtime.runc import pid_alive
 from agent.storage import quota
 from vzapi import migration_pb2 as pb
 from vzapi import migration_pb2_grpc as pb_grpc
@@ -471,14 +472,30 @@ class Source:
         log.info("migration %s: container %d resumed on the source", j.id, ctid)
 
     async def _finish_source(self, ctid: int, *, keep_source: bool) -> None:
-        """After the commit: the frozen (or stopped) source copy goes away."""
+        """After the commit: the frozen (or stopped) source copy goes away.
+
+        A frozen copy is killed without ever showing as running again: its runc state is moved
+        out of sight first, then every task gets SIGKILL and the cgroup is thawed (frozen tasks
+        die only once thawed; a pending SIGKILL is handled before any user code runs).
+        """
         lay = self.m.layout
         st = await self.m.runc.state(ctid)
-        if st is not None:
-            if st.status in ("running", "paused", "created"):
+        if st is not None and st.status == "paused":
+            pids = cgroups.procs(lay.cgroup_path(ctid))
+            hidden = self.m.runc.hide(ctid)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            cgroups.thaw(lay.cgroup_path(ctid))
+            deadline = time.monotonic() + 10
+            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            cgroups.remove_tree(lay.cgroup_path(ctid))
+            if hidden is not None:
+                shutil.rmtree(hidden, ignore_errors=True)
+        elif st is not None:
+            if st.status in ("running", "created"):
                 await self.m.runc.kill(ctid, signal.SIGKILL, all_processes=True)
-                with contextlib.suppress(VzError):
-                    await self.m.runc.resume(ctid)  # a frozen task dies only once thawed
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:
                     cur = await self.m.runc.state(ctid)

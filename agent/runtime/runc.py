@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -127,6 +128,19 @@ class Runc:
         res = await proc.run(self._argv(*args), timeout=60, check=False)
         if not res.ok and b"does not exist" not in res.stderr:
             raise VzError(Kind.FAILED, f"runc delete {ctid} failed: {res.err_tail()}")
+
+    def hide(self, ctid: int) -> Path | None:
+        """Move the container's runc state out of runc's sight (runc list/state no longer see it);
+        returns where it went, for `forget`. Used to kill a frozen copy that must never show as
+        running again, not even while it dies."""
+        state = self.root / str(ctid)
+        if not state.exists():
+            return None
+        hidden = self.root / f".{ctid}.dying"
+        if hidden.exists():
+            shutil.rmtree(hidden, ignore_errors=True)
+        os.rename(state, hidden)
+        return hidden
 
     async def pause(self, ctid: int) -> None:
         await proc.run(self._argv("pause", str(ctid)), timeout=30, what="runc pause")

@@ -52,8 +52,8 @@ def _split_params(rest: list[str]) -> list[tuple[str, str]]:
             raise CliError(f"unexpected argument {arg!r}: parameters look like --name value "
                            f"(see `{PROG} set --help`)", EXIT_USAGE)
         name, eq, value = arg[2:].partition("=")
-        if not eq and name.replace("_", "-") == "reset-ub":
-            value = "yes"  # a flag in OpenVZ: `vzctl set CT --reset_ub`
+        if not eq and name.replace("_", "-") == "reset-ub" and (i + 1 >= len(rest) or rest[i + 1].startswith("--")):
+            value = "yes"  # a flag in OpenVZ: `vzctl set CT --reset_ub` (`--reset_ub yes` works too)
         elif not eq:
             if i + 1 >= len(rest):
                 raise CliError(f"option --{name} needs a value", EXIT_USAGE)

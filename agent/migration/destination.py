@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import mounts
+from agent import cgroups, mounts
 from agent.config.conffile import ConfFile, ConfigError
 from agent.config.params import ContainerConfig
 from agent.containers import ContainerManager
@@ -236,8 +236,16 @@ class Destination:
                 log.info("migration %s: %d changed file(s) written from the image stream", mid, n)
             if lazy:
                 await self._start_lazy_pages(inc, page_server)
-            pid = await self.m.runc.restore(ctid, lay.bundle(ctid), self.work_dir(ctid) / "img",
-                                            self.work_dir(ctid) / "restore", lazy=lazy)
+            # restored stopped (SIGSTOP): until the commit continues it, this copy executes nothing, even
+            # if this agent dies and the source resumes (the CRIU options file is read at restore time)
+            criu_conf = lay.bundle(ctid) / "criu.conf"
+            plain = criu_conf.read_text()
+            criu_conf.write_text(plain + "leave-stopped\n")
+            try:
+                pid = await self.m.runc.restore(ctid, lay.bundle(ctid), self.work_dir(ctid) / "img",
+                                                self.work_dir(ctid) / "restore", lazy=lazy)
+            finally:
+                criu_conf.write_text(plain)  # later checkpoints of the container read it too
             await apply_limits.at_start(lay, ctid, inc.cfg)  # runc restores only its own limits
         elif start:
             info = await self.m.start(str(ctid))
@@ -257,6 +265,9 @@ class Destination:
         inc.j.state = journal.IN_COMMITTED
         journal.save(self.m.layout.run_dir, inc.j)
         if inc.j.online:
+            for pid in cgroups.procs(self.m.layout.cgroup_path(ctid)):  # restored stopped: go on
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
             await self.m.net.expose(self.m.net_plan(ctid, inc.cfg))
         restore_log = self.work_dir(ctid) / "restore" / "restore.log"
         with contextlib.suppress(OSError):  # kept beside the bundle for diagnosis

@@ -162,7 +162,9 @@ async def run_rsync(src: Path, url: str, password: str, *, final: bool) -> tuple
     t0 = time.monotonic()
     res = await proc.run(rsyncd.rsync_argv(src, url, final=final), env={"RSYNC_PASSWORD": password},
                          timeout=3600, check=False, what="rsync")
-    if not res.ok:
+    # 24: files vanished while being copied; normal for a running container's pre-copy (the final
+    # sync, made while it is frozen, brings the tree to its last state)
+    if not res.ok and not (res.returncode == 24 and not final):
         raise VzError(Kind.FAILED, f"filesystem sync failed: {res.err_tail()}")
     m = _RSYNC_SENT.search(res.stdout)
     sent = int(m.group(1).replace(b",", b"").replace(b".", b"")) if m else 0

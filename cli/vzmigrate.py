@@ -38,9 +38,13 @@ the images are sent, and it is restored on the destination, keeping its IP addre
 connections. Until the destination confirms the move (the commit), any failure resumes the
 container here, unchanged; after it, the destination owns it. At no moment do two copies run.
 
-Modes (--mode): auto picks what the kernels offer; stopcopy always works. precopy needs
-dirty-page tracking, which many kernels lack, and postcopy (CRIU lazy pages) has a window where a
-failure of the source node loses the container: both are refused for now."""
+Modes (--mode): auto picks what the kernels offer and says why. stopcopy always works and a
+failure can never lose the container. postcopy (CRIU lazy pages; auto picks it for containers
+using 64 MiB or more when the destination has userfaultfd) resumes the container on the
+destination before its memory has moved, which shortens the outage of big containers; RISK: until
+the last page has arrived the container depends on the source node, and a crash of the source in
+that window (seconds for hundreds of MiB) loses it. Everything that can fail is checked before
+post-copy starts. precopy needs dirty-page tracking and is not implemented yet."""
 
 EPILOG = """\
 exit codes: 0 moved (or checks passed), 1 failed (the container is running here, unchanged),

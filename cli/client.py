@@ -182,6 +182,18 @@ def agent_for(sock: Path) -> Iterator[Agent]:
         agent.close()
 
 
+def run_main(prog: str, fn: Callable[[], int], *, interrupted: str = "") -> NoReturn:
+    """Every command's main: run it, turn CliError into its message and exit code, ^C into 130."""
+    try:
+        sys.exit(fn())
+    except CliError as e:
+        die(prog, e)
+    except KeyboardInterrupt:
+        if interrupted:
+            print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
+        sys.exit(130)
+
+
 def die(prog: str, err: CliError) -> NoReturn:
     print(f"{prog}: {err}", file=sys.stderr)
     sys.exit(err.code)

@@ -16,8 +16,8 @@ from cli.client import (
     call,
     ct,
     default_root,
-    die,
     resolve_socket,
+    run_main,
 )
 from vzapi import container_pb2 as pb
 
@@ -129,12 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    try:
-        sys.exit(run(args, rest, parser))
-    except CliError as e:
-        die(PROG, e)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(PROG, lambda: run(args, rest, parser))
 
 
 def say(args: argparse.Namespace, text: str) -> None:

@@ -27,9 +27,9 @@ from cli.client import (
     agent_for,
     call,
     default_root,
-    die,
     error_from_rpc,
     resolve_socket,
+    run_main,
 )
 from vzapi import container_pb2 as cpb
 from vzapi import storage_pb2 as pb
@@ -150,13 +150,7 @@ def follow(stream: Iterable[pb.BackupProgress], show: Display) -> pb.BackupResul
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        sys.exit(run(args))
-    except CliError as e:
-        die(PROG, e)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the agent removes the partial archive", file=sys.stderr)
-        sys.exit(130)
+    run_main(PROG, lambda: run(args), interrupted="the agent removes the partial archive")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,8 +30,8 @@ from cli.client import (
     call,
     cluster_base,
     default_root,
-    die,
     resolve_socket,
+    run_main,
     socket_path,
 )
 from cli.localcluster import DEMO_SUBNET, ClusterStatus, LocalCluster
@@ -83,10 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        sys.exit(run(args))
-    except CliError as e:
-        die(PROG, e)
+    run_main(PROG, lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:

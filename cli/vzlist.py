@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cli import listing
-from cli.client import EXIT_USAGE, CliError, agent_for, call, default_root, die, resolve_socket
+from cli.client import EXIT_USAGE, CliError, agent_for, call, default_root, resolve_socket, run_main
 from vzapi import container_pb2 as pb
 
 PROG = "vzlist"
@@ -40,12 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        sys.exit(run(args))
-    except CliError as e:
-        die(PROG, e)
-    except listing.ListingError as e:
-        die(PROG, CliError(str(e), EXIT_USAGE))
+
+    def checked() -> int:
+        try:
+            return run(args)
+        except listing.ListingError as e:
+            raise CliError(str(e), EXIT_USAGE) from None
+
+    run_main(PROG, checked)
 
 
 def run(args: argparse.Namespace) -> int:

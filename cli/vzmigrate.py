@@ -16,9 +16,9 @@ from cli.client import (
     CliError,
     cluster_nodes,
     default_root,
-    die,
     error_from_rpc,
     resolve_socket,
+    run_main,
 )
 from vzapi import container_pb2 as cpb
 from vzapi import migration_pb2 as pb
@@ -126,12 +126,7 @@ def skip_list(spec: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        sys.exit(run(args))
-    except CliError as e:
-        die(PROG, e)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(PROG, lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:

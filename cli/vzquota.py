@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from cli.client import EXIT_USAGE, CliError, agent_for, call, default_root, die, resolve_socket
+from cli.client import EXIT_USAGE, CliError, agent_for, call, default_root, resolve_socket, run_main
 from vzapi import storage_pb2 as pb
 from vzapi import storage_pb2_grpc as pb_grpc
 
@@ -93,12 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        sys.exit(run(args))
-    except CliError as e:
-        die(PROG, e)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(PROG, lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,8 +17,8 @@ from cli.client import (
     agent_for,
     call,
     default_root,
-    die,
     resolve_socket,
+    run_main,
 )
 from vzapi import resources_pb2 as rpb
 from vzapi import resources_pb2_grpc as rpb_grpc
@@ -45,10 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        sys.exit(run(args))
-    except CliError as e:
-        die(PROG, e)
+    run_main(PROG, lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:

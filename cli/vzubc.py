@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cli import capacity
-from cli.client import EXIT_STATE, CliError, agent_for, call, default_root, die, resolve_socket
+from cli.client import EXIT_STATE, CliError, agent_for, call, default_root, resolve_socket, run_main
 from vzapi import resources_pb2 as rpb
 from vzapi import resources_pb2_grpc as rpb_grpc
 
@@ -36,10 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        sys.exit(run(args))
-    except CliError as e:
-        die(PROG, e)
+    run_main(PROG, lambda: run(args))
 
 
 def _num(value: int | None) -> str:

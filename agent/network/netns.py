@@ -10,30 +10,16 @@ has entered it with setns(2) (which affects only that thread) and talks netlink 
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
-import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from pyroute2 import IPRoute
 
-from agent import proc
+from agent import nsthread, proc
 
 NETNS_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
 
 def netns_path(name: str) -> Path:
     return NETNS_DIR / name
@@ -43,35 +29,9 @@ def exists(name: str) -> bool:
     return netns_path(name).exists()
 
 
-def _settle(fut: asyncio.Future[T], result: T | None, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)  # type: ignore[arg-type]
-
-
 async def run_in(name: str, fn: Callable[[], T]) -> T:
     """Run fn in a fresh thread inside network namespace `name`; the thread never leaves it."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
-
-    def worker() -> None:
-        try:
-            fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(fd)
-            finally:
-                os.close(fd)
-            result = fn()
-        except BaseException as e:
-            loop.call_soon_threadsafe(_settle, fut, None, e)
-        else:
-            loop.call_soon_threadsafe(_settle, fut, result, None)
-
-    threading.Thread(target=worker, name=f"netns-{name}", daemon=True).start()
-    return await fut
+    return await nsthread.run_in(netns_path(name), nsthread.CLONE_NEWNET, fn, name=f"netns-{name}")
 
 
 def _lo_up() -> None:

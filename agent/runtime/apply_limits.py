@@ -14,11 +14,10 @@ import json
 import logging
 import os
 import resource
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from agent import cgroups
+from agent import cgroups, nsthread
 from agent.cgroups import apply as cgapply
 from agent.cgroups.device import device_of, scheduler
 from agent.cgroups.hierarchy import detect
@@ -30,8 +29,6 @@ from agent.runtime import limits
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CLONE_FS = 0x00000200
-CLONE_NEWNS = 0x00020000
 MS_REMOUNT = 32
 MOUNT_FLAG_BITS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "noatime": 1024,
                    "nodiratime": 2048, "relatime": 1 << 21, "strictatime": 1 << 24}
@@ -123,41 +120,10 @@ def apply_rlimits(layout: NodeLayout, ctid: int, cfg: ContainerConfig, options: 
 # ---- mounts inside the container -----------------------------------------------------------------
 
 
-def _settle(fut: asyncio.Future[T], result: T | None, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)  # type: ignore[arg-type]
-
-
 async def in_mount_ns(pid: int, fn: Callable[[], T]) -> T:
     """Run fn in a fresh thread inside the mount namespace of process pid (the thread first stops
     sharing its filesystem attributes, which setns(CLONE_NEWNS) requires; it never leaves)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
-
-    def worker() -> None:
-        try:
-            if _libc.unshare(CLONE_FS) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"unshare(CLONE_FS): {os.strerror(err)}")
-            fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNS) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns(mnt): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result = fn()
-        except BaseException as e:
-            loop.call_soon_threadsafe(_settle, fut, None, e)
-        else:
-            loop.call_soon_threadsafe(_settle, fut, result, None)
-
-    threading.Thread(target=worker, name=f"mntns-{pid}", daemon=True).start()
-    return await fut
+    return await nsthread.run_in(f"/proc/{pid}/ns/mnt", nsthread.CLONE_NEWNS, fn, name=f"mntns-{pid}")
 
 
 def _remount(target: str, options: Sequence[str]) -> None:

@@ -320,17 +320,22 @@ class Source:
             nonlocal lazy_dump, delta
             j.state = journal.OUT_FROZEN
             journal.save(lay.run_dir, j)  # before the freeze: a crash from here on resumes on restart
-            prog.frozen_at = time.monotonic()
+            prog.frozen_at = t0 = time.monotonic()
             await self.m.net.lock(net)
+            t1 = time.monotonic()
             await self.m.runc.pause(ctid)
+            t2 = time.monotonic()
             failpoints.hit("src-after-freeze")
             # scanned now: the container cannot change anything any more, and CRIU has not yet
             # touched its root (the dump itself makes and removes temporary directories there)
             delta = await fsdelta.changed_since(lay.private(ctid), since)
+            t3 = time.monotonic()
             if lazy:
                 lazy_dump = await self.m.runc.checkpoint_lazy(ctid, work / "img", work / "dump", page_server)
             else:
                 await self.m.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
+            log.info("migration %s: lock %.3f s, pause %.3f s, scan %.3f s, dump %.3f s", mid, t1 - t0, t2 - t1,
+                     t3 - t2, time.monotonic() - t3)
 
         try:
             await self._run_online(ctid, mid, peer, j, prog, reply, rate, work, freeze_and_dump, page_server,

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import capacity
-from cli.client import EXIT_NOT_FOUND, CliError, agent_for, call, default_root, die, resolve_socket
-from vzapi import resources_pb2 as rpb
-from vzapi import resources_pb2_grpc as rpb_grpc
+from cli import capacity, nodefacts
+from cli.client import EXIT_NOT_FOUND, CliError, run_main
 
 PROG = "vzcalc"
 
@@ -28,18 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        with agent_for(resolve_socket(args.node, args.socket, default_root())) as agent:
-            reply = call(rpb_grpc.ResourceServiceStub(agent.channel).Containers,
-                         rpb.ResourcesRequest(ctids=[args.ctid], all=True))
-        if not reply.containers:
+
+    def run() -> int:
+        node, cts = nodefacts.fetch(args.node, args.socket, [args.ctid], all_containers=True)
+        if not cts:
             raise CliError(f"container {args.ctid} does not exist", EXIT_NOT_FOUND)
-    except CliError as e:
-        die(PROG, e)
-    node = capacity.node_from_pb(reply.node)
-    sys.stdout.write(capacity.render_calc(capacity.container_from_pb(reply.containers[0]), node,
-                                          verbose=args.verbose))
-    sys.exit(0)
+        sys.stdout.write(capacity.render_calc(cts[0], node, verbose=args.verbose))
+        return 0
+
+    run_main(PROG, run)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import capacity
-from cli.client import CliError, agent_for, call, default_root, die, resolve_socket
-from vzapi import resources_pb2 as rpb
-from vzapi import resources_pb2_grpc as rpb_grpc
+from cli import capacity, nodefacts
+from cli.client import run_main
 
 PROG = "vzcpucheck"
 
@@ -28,15 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        with agent_for(resolve_socket(args.node, args.socket, default_root())) as agent:
-            reply = call(rpb_grpc.ResourceServiceStub(agent.channel).Containers, rpb.ResourcesRequest())
-    except CliError as e:
-        die(PROG, e)
-    node = capacity.node_from_pb(reply.node)
-    cts = sorted((capacity.container_from_pb(c) for c in reply.containers), key=lambda c: c.ctid)
-    sys.stdout.write(capacity.render_cpucheck(cts, node, verbose=args.verbose))
-    sys.exit(0)
+
+    def run() -> int:
+        node, cts = nodefacts.fetch(args.node, args.socket)
+        sys.stdout.write(capacity.render_cpucheck(cts, node, verbose=args.verbose))
+        return 0
+
+    run_main(PROG, run)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,15 @@ def test_arp_frames_round_trip() -> None:
     assert len(frame) == 42
     assert arp.parse_arp(frame) == (1, arp.mac_bytes("02:00:00:00:00:01"), "10.0.0.1", "10.0.0.5")
     assert arp.parse_arp(frame[:30]) is None
+
+
+def test_ndp_packets() -> None:
+    from agent.network import ndp
+
+    assert ndp.solicited_node("fd00:213::501") == "ff02::1:ff00:501"
+    assert ndp.solicited_node("2001:db8::abcd:1234") == "ff02::1:ffcd:1234"
+    na = ndp.na_packet("fd00::5", "02:00:00:00:00:01")
+    assert na[0] == ndp.ICMPV6_NA and len(na) == 32
+    assert ndp.parse_na(na) == ("fd00::5", "02:00:00:00:00:01")
+    ns = ndp.ns_packet("fd00::5", "02:00:00:00:00:01")
+    assert ns[0] == ndp.ICMPV6_NS and ndp.parse_na(ns) is None

@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.errors import Kind, VzError
-from agent.network import arp, netns
+from agent.network import arp, ndp, netns
 from agent.network.plan import VENET_GW6, VENET_IF, NetPlan, VenetPlan, VethPlan, bridge_mac
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,12 @@ class NodeNetwork:
                 if (dev := routed.get(addr)) is not None and dev != own_if:
                     conflicts.append(f"{addr} is already routed to a container on this node ({dev})")
                     continue
-                if ipaddress.ip_address(addr).version != 4 or not probe_lan:
-                    continue  # IPv6 DAD on the LAN is left to the container's own kernel
+                if not probe_lan:
+                    continue
+                v6 = ipaddress.ip_address(addr).version == 6
                 for dev in _uplinks(ipr, addr, self.neighbour_devs):
-                    mac = arp.probe(dev, _mac_of(ipr, dev), addr, sender_ip=_ipv4_of(ipr, dev))
+                    mac = (ndp.probe(dev, _mac_of(ipr, dev), addr) if v6
+                           else arp.probe(dev, _mac_of(ipr, dev), addr, sender_ip=_ipv4_of(ipr, dev)))
                     if mac:
                         conflicts.append(f"{addr} is already in use on the LAN (answered on {dev} by {mac})")
                         break
@@ -266,21 +268,21 @@ class NodeNetwork:
         """Make the container reachable again: node ends up, routes and proxy entries, announced.
 
         One worker thread does it all (a migration's downtime ends here); the second round of
-        gratuitous ARP goes out later in the background.
+        announcements goes out later in the background.
         """
         names = [v.host_if for v in plan.veths] + ([plan.venet.host_if] if plan.venet else [])
-        v4 = plan.venet.v4 if plan.venet is not None else ()
+        addrs = plan.venet.addresses if plan.venet is not None else ()
 
         def blocking() -> None:
             self._set_links(names, True)
             if plan.venet is not None:
                 self._node_routes(plan.venet.host_if, plan.venet.addresses)
-            self._announce_blocking(v4, count=1)
+            self._announce_blocking(addrs, count=1)
 
         await asyncio.to_thread(blocking)
-        if v4:
+        if addrs:
             task = asyncio.get_running_loop().call_later(
-                0.1, lambda: asyncio.ensure_future(asyncio.to_thread(self._announce_blocking, v4, 1)))
+                0.1, lambda: asyncio.ensure_future(asyncio.to_thread(self._announce_blocking, addrs, 1)))
             del task
 
     @staticmethod
@@ -292,17 +294,21 @@ class NodeNetwork:
                     ipr.link("set", index=idx, state="up" if up else "down")
 
     async def announce(self, plan: NetPlan) -> None:
-        """Gratuitous ARP for every IPv4 venet address on its uplinks (after start or a move)."""
-        if plan.venet is None or not plan.venet.v4:
+        """Gratuitous ARP / unsolicited NA for every venet address on its uplinks (after start or a move)."""
+        if plan.venet is None or not plan.venet.addresses:
             return
-        await asyncio.to_thread(self._announce_blocking, plan.venet.v4)
+        await asyncio.to_thread(self._announce_blocking, plan.venet.addresses)
 
     def _announce_blocking(self, addresses: Sequence[str], count: int = 2) -> None:
         with IPRoute() as ipr:
             for addr in addresses:
+                v6 = ipaddress.ip_address(addr).version == 6
                 for dev in _uplinks(ipr, addr, self.neighbour_devs):
                     try:
-                        arp.announce(dev, _mac_of(ipr, dev), addr, count=count)
+                        if v6:
+                            ndp.announce(dev, _mac_of(ipr, dev), addr, count=count)
+                        else:
+                            arp.announce(dev, _mac_of(ipr, dev), addr, count=count)
                     except OSError as e:
                         log.warning("gratuitous ARP for %s on %s failed: %s", addr, dev, e)
 
@@ -353,8 +359,7 @@ class NodeNetwork:
             if new.venet is None and old.venet is not None:
                 await asyncio.to_thread(self._del_links, [old.venet.host_if])
         if added and new.venet is not None:
-            await asyncio.to_thread(self._announce_blocking, [a for a in added
-                                                              if ipaddress.ip_address(a).version == 4])
+            await asyncio.to_thread(self._announce_blocking, added)
         notes = [f"added {a}" for a in added] + [f"removed {a}" for a in removed]
         return notes
 

@@ -35,16 +35,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from cli.client import CliError  # noqa: E402
-from cli.localcluster import LocalCluster  # noqa: E402
-
-T = TypeVar("T")
+from cli.localcluster import LocalCluster, in_netns  # noqa: E402
 
 BENCH_ROOT = Path("/tmp")
 BASE_PREFIX = "vzfleet-bench-"
@@ -110,28 +108,6 @@ def setns_net(netns: str) -> None:
             raise OSError(err, f"setns {netns}: {os.strerror(err)}")
     finally:
         os.close(fd)
-
-
-def in_netns(netns: str, fn: Callable[[], T], timeout: float = 30.0) -> T:
-    """fn() run by a fresh thread that entered netns."""
-    box: dict[str, Any] = {}
-
-    def worker() -> None:
-        try:
-            setns_net(netns)
-            box["result"] = fn()
-        except BaseException as e:  # handed to the caller
-            box["error"] = e
-
-    t = threading.Thread(target=worker, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        raise BenchError(f"no answer within {timeout:g} s in netns {netns}")
-    if "error" in box:
-        raise box["error"]
-    result: T = box["result"]
-    return result
 
 
 def exchange(host: str, port: int, payload: bytes, timeout: float = 5.0) -> bytes:

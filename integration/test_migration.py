@@ -254,11 +254,6 @@ def mc() -> Iterator[Cluster2]:
 # ---- containers -------------------------------------------------------------------------------
 
 
-class KnownBug(AssertionError):
-    """Raised only where a test meets a reported product bug: its xfail(raises=KnownBug, strict=True)
-    expects exactly that failure, and any other failure of the test still fails it."""
-
-
 def ip_of(ctid: int) -> str:
     return f"{NET}.{ctid}"
 
@@ -306,7 +301,7 @@ def make_ct(mc: Cluster2) -> Iterator[MakeCt]:
                     problems.append(f"destroy {ctid} on {node.name}: {res.stderr.strip()}")
                 node.conf(ctid, ".migrated").unlink(missing_ok=True)
                 shutil.rmtree(node.incoming(ctid), ignore_errors=True)
-                if not node.conf(ctid).exists():  # what a migration's source keeps (SOURCE_BUNDLE_BUG)
+                if not node.conf(ctid).exists():
                     shutil.rmtree(node.bundle(ctid), ignore_errors=True)
                 problems += [f"{node.name}: {p}" for p in traces(node, ctid)]
         if problems:
@@ -615,7 +610,7 @@ def test_online_migration_keeps_the_connection_and_the_counter_and_moves_back(mc
         assert mc.listed(n2) == {ctid: "running"}
         assert ctid not in mc.listed(n1)
         assert n1.conf(ctid, ".migrated").exists() and not n1.conf(ctid).exists()
-        assert_no_copy(n1, ctid, bundle=False)  # SOURCE_BUNDLE_BUG
+        assert_no_copy(n1, ctid, bundle=False)
         assert runc_status(n2, ctid) == "running"
         watch.assert_never_two()
         later = counter(mc, ip)
@@ -636,7 +631,7 @@ def test_online_migration_keeps_the_connection_and_the_counter_and_moves_back(mc
         assert counter(mc, ip) >= before_back
         assert mc.listed(n1) == {ctid: "running"}
         assert ctid not in mc.listed(n2)
-        assert_no_copy(n2, ctid, bundle=False)  # SOURCE_BUNDLE_BUG
+        assert_no_copy(n2, ctid, bundle=False)
         watch_back.assert_never_two()
         client.stop()
         assert client.error is None, client.error
@@ -645,12 +640,6 @@ def test_online_migration_keeps_the_connection_and_the_counter_and_moves_back(mc
               f"longest gap {client.max_gap:.3f} s")
     finally:
         client.stop()
-
-
-SOURCE_BUNDLE_BUG = ("product bug: after a successful migration the source keeps the container's OCI bundle "
-                     "directory run/vzfleet/bundles/<CTID> (config.json, criu.conf, init.pid): "
-                     "agent/migration/source.py Source._finish_source() removes the runc state, netns, mount, "
-                     "config and private area but not layout.bundle(ctid), which `vzctl destroy` does remove")
 
 
 def test_online_migration_leaves_no_bundle_on_the_source(mc: Cluster2, make_ct: MakeCt) -> None:
@@ -662,16 +651,10 @@ def test_online_migration_leaves_no_bundle_on_the_source(mc: Cluster2, make_ct: 
     assert run.res.returncode == 0, run.describe()
     assert_no_copy(n1, ctid, bundle=False)
     if n1.bundle(ctid).exists():
-        raise KnownBug(f"{n1.bundle(ctid)} is left: {sorted(p.name for p in n1.bundle(ctid).iterdir())}")
+        pytest.fail(f"{n1.bundle(ctid)} is left: {sorted(p.name for p in n1.bundle(ctid).iterdir())}")
 
 
 # ---- 2. offline migration ---------------------------------------------------------------------
-
-OFFLINE_IP_BUG = ("product bug: offline migration of a running container with a venet IP is refused by the "
-                  "destination's preflight: agent/migration/destination.py prepare() probes the LAN for the "
-                  "address (check_addresses(..., lan=not online)) while the source still holds it and answers "
-                  "ARP for it -> 'ip: refused: ... already in use on the LAN'")
-
 
 @pytest.mark.parametrize("with_ip", [
     pytest.param(True, id="venet-ip"),
@@ -686,13 +669,10 @@ def test_offline_migration_of_a_running_container_stops_moves_and_starts_it(
     with CopyWatch(mc.nodes, ctid) as watch:
         run = mc.vzmigrate("-t", n2.name, str(ctid))
 
-    if with_ip and run.res.returncode == 6 and "already in use on the LAN" in run.res.stderr:
-        assert_runs_here(mc, n1, ctid)  # refused before anything happened
-        raise KnownBug(run.describe())
     assert run.res.returncode == 0, run.describe()
     assert mc.listed(n2) == {ctid: "running"}
     assert ctid not in mc.listed(n1)
-    assert_no_copy(n1, ctid, bundle=False)  # SOURCE_BUNDLE_BUG
+    assert_no_copy(n1, ctid, bundle=False)
     assert (n2.private(ctid) / "root/marker").read_text() == "moved with its files\n"
     assert watch.statuses(n2) <= {None, "created", "running"}
     watch.assert_never_two()
@@ -852,12 +832,6 @@ def test_destination_agent_killed_mid_migration_source_resumes(mc: Cluster2, mak
             print("killed what the crashed destination agent left:\n  " + "\n  ".join(strays))
 
 
-RSYNCD_LEAK_BUG = ("product bug: a destination agent killed during a migration leaves its one-time rsync "
-                   "daemon running (agent/migration/rsyncd.py start(): start_new_session=True, no "
-                   "parent-death signal; Destination.recover()/_discard() never stop it and remove its pid "
-                   "file with the work dir); it keeps listening on the node address")
-
-
 def test_destination_agent_killed_mid_migration_leaves_no_process(mc: Cluster2, make_ct: MakeCt) -> None:
     n1, n2 = mc.nodes
     ctid = make_ct(n1, 142)
@@ -872,7 +846,7 @@ def test_destination_agent_killed_mid_migration_leaves_no_process(mc: Cluster2, 
     finally:
         mc.reap_strays()
     if strays:
-        raise KnownBug("processes left by the killed destination agent:\n  " + "\n  ".join(strays))
+        pytest.fail("processes left by the killed destination agent:\n  " + "\n  ".join(strays))
 
 
 def test_source_agent_killed_after_the_freeze_resumes_the_container_when_it_restarts(
@@ -930,6 +904,6 @@ def test_keep_dst_keeps_the_partial_copy_and_a_retry_succeeds(mc: Cluster2, make
     assert retry.res.returncode == 0, retry.describe()
     assert mc.listed(n2) == {ctid: "running"}
     assert not n2.incoming(ctid).exists()
-    assert_no_copy(n1, ctid, bundle=False)  # SOURCE_BUNDLE_BUG
+    assert_no_copy(n1, ctid, bundle=False)
     assert counter(mc, ip) >= before
     retry_watch.assert_never_two()

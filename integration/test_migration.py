@@ -827,7 +827,7 @@ def test_destination_agent_killed_mid_migration_source_resumes(mc: Cluster2, mak
                 client.stop()
         assert client.error is None, client.error
     finally:
-        # the destination's rsync daemon outlives its killed agent (see the xfail test below)
+        # safety net: anything a crashed destination agent left (the next test checks there is none)
         if strays := mc.reap_strays():
             print("killed what the crashed destination agent left:\n  " + "\n  ".join(strays))
 

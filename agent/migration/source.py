@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PEER_TIMEOUT_S = 300.0
 COMMIT_RETRY_S = 30.0
+RUNC_READERS_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,12 @@ async def _wait_lazy_dump(p: asyncio.subprocess.Process, timeout: float = 900) -
     if rc != 0:
         err = (await p.stderr.read()).decode(errors="replace")[-300:] if p.stderr else ""
         raise VzError(Kind.FAILED, f"the post-copy page server ended with {rc}: {err}")
+
+
+async def _wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
 
 
 async def dir_bytes(path: Path) -> int:
@@ -490,13 +497,14 @@ class Source:
         if st is not None and st.status == "paused":
             pids = cgroups.procs(lay.cgroup_path(ctid))
             hidden = self.m.runc.hide(ctid)
+            # a runc reader that loaded the state before the hide would, after the thaw below, see
+            # live unfrozen tasks and call the copy "running" while they die: let readers finish first
+            await _wait_gone(self.m.runc.cli_pids(), RUNC_READERS_WAIT_S)
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             cgroups.thaw(lay.cgroup_path(ctid))
-            deadline = time.monotonic() + 10
-            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            await _wait_gone(pids, 10)
             cgroups.remove_tree(lay.cgroup_path(ctid))
             if hidden is not None:
                 shutil.rmtree(hidden, ignore_errors=True)

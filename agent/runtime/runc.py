@@ -142,6 +142,22 @@ class Runc:
         os.rename(state, hidden)
         return hidden
 
+    def cli_pids(self) -> list[int]:
+        """PIDs of every runc process on this host (ours or anyone's), e.g. a `runc list` that may
+        have read a state directory before `hide` moved it and still has to look at the tasks."""
+        exe = shutil.which(self.binary) or self.binary
+        real = os.path.realpath(exe)
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{entry.name}/exe") == real:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
     async def pause(self, ctid: int) -> None:
         await proc.run(self._argv("pause", str(ctid)), timeout=30, what="runc pause")
 

@@ -555,9 +555,11 @@ class ContainerManager:
             resources=limits.resources(cfg),
         )
         # CRIU options runc has no flag for, read by runc checkpoint/restore through an annotation:
-        # a connection waiting in a listen backlog must not fail the dump (runc notes, pitfall 2)
+        # a connection waiting in a listen backlog must not fail the dump (runc notes, pitfall 2);
+        # no CRIU network lock: every dump and restore runs with the container's node-side links
+        # down (NodeNetwork.lock), and CRIU's iptables lock costs ~60 ms each way
         criu_conf = bundle / "criu.conf"
-        criu_conf.write_text("skip-in-flight\n")
+        criu_conf.write_text("skip-in-flight\nnetwork-lock skip\n")
         oci = limits.amend_spec(build_spec(spec), cfg, limits.agent_hard_limits())
         oci["annotations"]["org.criu.config"] = str(criu_conf)
         tmp = bundle / "config.json.tmp"

@@ -26,6 +26,7 @@ from agent.layout import NodeLayout, default_node_name
 from agent.migration.destination import Destination
 from agent.migration.source import Source, Tls
 from agent.purge import purge_node
+from agent.runtime import criu_cache
 from agent.service.container_service import AgentService, ContainerService, TemplateService
 from agent.service.migration_service import MigrationControl, MigrationPeer
 from agent.service.resource_service import register as register_resources
@@ -77,6 +78,8 @@ def preflight() -> None:
     for tool in ("runc", "nsenter", "mount"):
         if shutil.which(tool) is None:
             sys.exit(f"vzfleet-agent: {tool!r} not found on PATH; run `make install` first")
+    if note := criu_cache.ensure_kdat_dir():
+        print(f"vzfleet-agent: warning: {note}", file=sys.stderr)
 
 
 def take_pidfile(path: Path) -> int:

@@ -33,6 +33,11 @@ readonly FALLBACK_MIRROR=http://deb.debian.org/debian
 readonly CACHE_DIR=${VZFLEET_CRIU_CACHE:-/var/cache/vzfleet/criu}
 readonly PYCRIU_FILE=$CACHE_DIR/PYCRIU_DIR
 readonly BUILD_LOG=$CACHE_DIR/build.log
+# CRIU caches its kernel probe ("kerndat", ~40 ms per run: it even runs `iptables -L`) in RUNDIR,
+# only if RUNDIR is a tmpfs. Upstream's RUNDIR is /run, not a tmpfs on every machine (not on the
+# CI machines), so our build keeps it in a root-only directory on /dev/shm, always a tmpfs.
+# Same path as KDAT_DIR in agent/runtime/criu_cache.py, which re-creates it after a reboot.
+readonly KDAT_DIR=/dev/shm/vzfleet-criu
 
 # Build dependencies, all from bookworm main (ENVIRONMENT.md). xz-utils unpacks the .orig.tar.xz.
 readonly BUILD_DEPS=(build-essential pkg-config libbsd-dev libcap-dev libgnutls28-dev libnet1-dev
@@ -73,6 +78,22 @@ check_ok() {
     return 1
 }
 
+# True if criu binary $1 was built by this script (keeps its kerndat cache in KDAT_DIR).
+has_kdat_dir() {
+    grep -qaF "$KDAT_DIR/criu.kdat" "$1"
+}
+
+# The kerndat cache directory: root's own, mode 0700 (anything else found there is moved aside:
+# /dev/shm is world-writable and a planted cache would mislead CRIU).
+ensure_kdat_dir() {
+    if [ -L "$KDAT_DIR" ] || { [ -e "$KDAT_DIR" ] &&
+        [ "$(stat -c '%F %u %a' "$KDAT_DIR")" != "directory 0 700" ]; }; then
+        log "moving aside $KDAT_DIR (not a root-only directory)"
+        mv -f "$KDAT_DIR" "$KDAT_DIR.untrusted.$$"
+    fi
+    mkdir -p -m 700 "$KDAT_DIR"
+}
+
 # Candidate binaries, in order of preference: every criu on PATH, then our own install location
 # (which root's PATH may lack, e.g. under some sudo configurations). Duplicates by real path
 # (/sbin -> /usr/sbin on merged-/usr systems) are dropped.
@@ -90,6 +111,10 @@ find_usable_criu() {
         [ -x "$c" ] || continue
         if ! version_ok "$c"; then
             log "ignoring $c: version '$(criu_version "$c")' < $MIN_VERSION"
+            continue
+        fi
+        if [ "$(readlink -f "$c")" = "$PREFIX/sbin/criu" ] && ! has_kdat_dir "$c"; then
+            log "ignoring $c: an earlier build of ours without the kerndat cache in $KDAT_DIR"
             continue
         fi
         if check_ok "$c"; then
@@ -312,6 +337,8 @@ ensure_build_deps() {
 # Main
 # ---------------------------------------------------------------------------------------------
 
+ensure_kdat_dir
+
 # 1. Fast path.
 if bin=$(find_usable_criu); then
     finish "$bin"
@@ -348,13 +375,16 @@ fi
 # ("fatal: not a git repository" and "Building without amdgpu_plugin" in it are harmless).
 log "building in $tree (make -j$(nproc), log: $BUILD_LOG)"
 start=$SECONDS
-if ! make -C "$tree" -j"$(nproc)" >"$BUILD_LOG" 2>&1; then
+if [ -x "$tree/criu/criu" ] && ! has_kdat_dir "$tree/criu/criu"; then
+    rm -f "$tree/criu/kerndat.o" # built with another RUNDIR: make does not see a flag change
+fi
+if ! make -C "$tree" -j"$(nproc)" RUNDIR="$KDAT_DIR" >"$BUILD_LOG" 2>&1; then
     tail -n 30 "$BUILD_LOG" >&2
     die "CRIU build failed; full log in $BUILD_LOG"
 fi
 log "build done in $((SECONDS - start)) s; installing into $PREFIX"
 # install-criu only: the full `make install` also wants asciidoc/xmlto and pip-installs pycriu.
-if ! make -C "$tree" install-criu PREFIX="$PREFIX" >>"$BUILD_LOG" 2>&1; then
+if ! make -C "$tree" install-criu PREFIX="$PREFIX" RUNDIR="$KDAT_DIR" >>"$BUILD_LOG" 2>&1; then
     tail -n 30 "$BUILD_LOG" >&2
     die "make install-criu failed; full log in $BUILD_LOG"
 fi

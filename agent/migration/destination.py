@@ -241,11 +241,13 @@ class Destination:
             criu_conf = lay.bundle(ctid) / "criu.conf"
             plain = criu_conf.read_text()
             criu_conf.write_text(plain + "leave-stopped\n")
+            t1 = time.monotonic()
             try:
                 pid = await self.m.runc.restore(ctid, lay.bundle(ctid), self.work_dir(ctid) / "img",
                                                 self.work_dir(ctid) / "restore", lazy=lazy)
             finally:
                 criu_conf.write_text(plain)  # later checkpoints of the container read it too
+            log.info("migration %s: runc restore took %.3f s", mid, time.monotonic() - t1)
             await apply_limits.at_start(lay, ctid, inc.cfg)  # runc restores only its own limits
         elif start:
             info = await self.m.start(str(ctid))
@@ -265,10 +267,14 @@ class Destination:
         inc.j.state = journal.IN_COMMITTED
         journal.save(self.m.layout.run_dir, inc.j)
         if inc.j.online:
+            t0 = time.monotonic()
             for pid in cgroups.procs(self.m.layout.cgroup_path(ctid)):  # restored stopped: go on
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
+            t1 = time.monotonic()
             await self.m.net.expose(self.m.net_plan(ctid, inc.cfg))
+            log.info("migration %s: continued in %.3f s, network exposed in %.3f s", mid, t1 - t0,
+                     time.monotonic() - t1)
         restore_log = self.work_dir(ctid) / "restore" / "restore.log"
         with contextlib.suppress(OSError):  # kept beside the bundle for diagnosis
             shutil.copy(restore_log, self.m.layout.bundle(ctid) / "last-restore.log")

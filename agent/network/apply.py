@@ -27,6 +27,11 @@ NTF_PROXY = 0x08
 IFA_F_NODAD = 0x02
 
 
+def _session(ipr: IPRoute | None) -> contextlib.AbstractContextManager[IPRoute]:
+    """The caller's netlink session, or a new one closed on exit."""
+    return contextlib.nullcontext(ipr) if ipr is not None else IPRoute()
+
+
 def _ifindex(ipr: IPRoute, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return int(found[0]) if found else None
@@ -161,14 +166,15 @@ class NodeNetwork:
         if expose:
             self._node_routes(v.host_if, v.addresses)
 
-    def _node_routes(self, host_if: str, addresses: Sequence[str]) -> None:
-        with IPRoute() as ipr:
+    def _node_routes(self, host_if: str, addresses: Sequence[str], ipr_: IPRoute | None = None,
+                     uplinks_of: dict[str, list[str]] | None = None) -> None:
+        with _session(ipr_) as ipr:
             idx = _ifindex(ipr, host_if)
             if idx is None:
                 raise VzError(Kind.FAILED, f"venet interface {host_if} is missing")
             for addr in addresses:
                 v6 = ipaddress.ip_address(addr).version == 6
-                uplinks = _uplinks(ipr, addr, self.neighbour_devs)
+                uplinks = (uplinks_of or {}).get(addr) or _uplinks(ipr, addr, self.neighbour_devs)
                 try:
                     ipr.route("replace", dst=addr, dst_len=128 if v6 else 32, oif=idx, scope=253,
                               family=10 if v6 else 2)
@@ -274,10 +280,12 @@ class NodeNetwork:
         addrs = plan.venet.addresses if plan.venet is not None else ()
 
         def blocking() -> None:
-            self._set_links(names, True)
-            if plan.venet is not None:
-                self._node_routes(plan.venet.host_if, plan.venet.addresses)
-            self._announce_blocking(addrs, count=1)
+            with IPRoute() as ipr:  # one netlink session: each new one costs milliseconds
+                self._set_links(names, True, ipr)
+                uplinks_of = {a: _uplinks(ipr, a, self.neighbour_devs) for a in addrs}
+                if plan.venet is not None:
+                    self._node_routes(plan.venet.host_if, plan.venet.addresses, ipr, uplinks_of)
+                self._announce_blocking(addrs, 1, ipr, uplinks_of)
 
         await asyncio.to_thread(blocking)
         if addrs:
@@ -286,8 +294,8 @@ class NodeNetwork:
             del task
 
     @staticmethod
-    def _set_links(names: Sequence[str], up: bool) -> None:
-        with IPRoute() as ipr:
+    def _set_links(names: Sequence[str], up: bool, ipr_: IPRoute | None = None) -> None:
+        with _session(ipr_) as ipr:
             for name in names:
                 idx = _ifindex(ipr, name)
                 if idx is not None:
@@ -299,11 +307,12 @@ class NodeNetwork:
             return
         await asyncio.to_thread(self._announce_blocking, plan.venet.addresses)
 
-    def _announce_blocking(self, addresses: Sequence[str], count: int = 2) -> None:
-        with IPRoute() as ipr:
+    def _announce_blocking(self, addresses: Sequence[str], count: int = 2, ipr_: IPRoute | None = None,
+                           uplinks_of: dict[str, list[str]] | None = None) -> None:
+        with _session(ipr_) as ipr:
             for addr in addresses:
                 v6 = ipaddress.ip_address(addr).version == 6
-                for dev in _uplinks(ipr, addr, self.neighbour_devs):
+                for dev in (uplinks_of or {}).get(addr) or _uplinks(ipr, addr, self.neighbour_devs):
                     try:
                         if v6:
                             ndp.announce(dev, _mac_of(ipr, dev), addr, count=count)

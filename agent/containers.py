@@ -559,7 +559,7 @@ class ContainerManager:
         # no CRIU network lock: every dump and restore runs with the container's node-side links
         # down (NodeNetwork.lock), and CRIU's iptables lock costs ~60 ms each way
         criu_conf = bundle / "criu.conf"
-        criu_conf.write_text("skip-in-flight\nnetwork-lock skip\n")
+        criu_conf.write_text("skip-in-flight\nnetwork-lock skip\nmanage-cgroups=ignore\n")
         oci = limits.amend_spec(build_spec(spec), cfg, limits.agent_hard_limits())
         oci["annotations"]["org.criu.config"] = str(criu_conf)
         tmp = bundle / "config.json.tmp"

@@ -61,6 +61,7 @@ WINDOW_BEFORE_S = 0.5  # the gap search starts this long before a move begins
 SETTLE_AFTER_S = 0.5  # ... and ends this long after the move ended and an answer came back
 RECOVER_WAIT_S = 30.0  # a container silent this long after a move counts as down
 MOVE_TIMEOUT_S = 600.0
+BASELINE_CRIU_CONF = "skip-in-flight\n"  # the one CRIU option plain runc needs here (see move_baseline)
 
 TARGETS: dict[str, list[tuple[str, Callable[[dict[str, Any]], bool]]]] = {
     "idle": [("median downtime <= 0.35 s", lambda s: s["ours"]["downtime"]["median"] <= 0.35)],
@@ -626,15 +627,23 @@ class Bench:
                     ns["path"] = str(NETNS_DIR / ctns)
             spec["linux"]["cgroupsPath"] = dst.cgroup(ct)
             dst.bundle(ct).mkdir(parents=True, exist_ok=True)
-            ann = spec.get("annotations", {})
-            if "org.criu.config" in ann:  # the container's CRIU options (skip-in-flight) go along
-                shutil.copy(ann["org.criu.config"], dst.bundle(ct) / "criu.conf")
-                ann["org.criu.config"] = str(dst.bundle(ct) / "criu.conf")
+            # runc reads CRIU's options file named in the container's annotation at checkpoint and
+            # restore time: the baseline's holds only what plain runc needs here (the probe's
+            # half-open connections fail a dump without skip-in-flight); the product's own options
+            # are put back on the destination afterwards, for the next move (which may be ours)
+            ann = spec.setdefault("annotations", {})
+            src_conf = Path(ann.get("org.criu.config", src.bundle(ct) / "criu.conf"))
+            ours_conf = src_conf.read_text() if src_conf.exists() else None
+            ann["org.criu.config"] = str(dst.bundle(ct) / "criu.conf")
+            (dst.bundle(ct) / "criu.conf").write_text(BASELINE_CRIU_CONF)
             (dst.bundle(ct) / "config.json").write_text(json.dumps(spec, indent=2))
         except BaseException:
             undo_destination()
             raise
         times["prepare"] = time.monotonic() - t
+
+        if src_conf.exists():
+            src_conf.write_text(BASELINE_CRIU_CONF)  # the source copy goes away after the move
 
         # --- frozen window
         t_freeze = t = time.monotonic()
@@ -644,6 +653,8 @@ class Bench:
                            "--image-path", str(s_scr / "img"), "--work-path", str(s_scr / "dump"), str(ct)),
                   timeout=600, check=False)
         if res.returncode != 0:
+            if ours_conf is not None:
+                src_conf.write_text(ours_conf)
             run(["ip", "-force", "-n", src.netns, "-batch", "-"], check=False, input_text=(
                 f"link set {vif} up\nroute replace {ip}/32 dev {vif} scope link\n"
                 f"neigh add proxy {ip} dev {UPLINK}\n"))
@@ -667,6 +678,8 @@ class Bench:
             raise BenchError(f"runc restore failed (the container is lost): "
                              f"{_criu_error(d_scr / 'restore/restore.log', res)}")
         times["restore"] = time.monotonic() - t
+        if ours_conf is not None:
+            (dst.bundle(ct) / "criu.conf").write_text(ours_conf)
         t = time.monotonic()
         run(["ip", "-n", dst.netns, "-batch", "-"], input_text=(
             f"route replace {ip}/32 dev {vif} scope link\nneigh replace proxy {ip} dev {UPLINK}\n"))
@@ -909,7 +922,7 @@ PROBE_TEXT = ("client: a new TCP connection + `GET / HTTP/1.0` every 10 ms from 
               "requests from 0.5 s before a move until 0.5 s after it ended and an answer came back")
 BASELINE_TEXT = ("baseline: plain runc between the two nodes' runc roots, scripted by hand: pre-sync of the "
                  "private area and destination netns/venet/bundle before the freeze; then source venet down, "
-                 "`runc checkpoint --tcp-established`, rsync of private area + images (local, in parallel, "
+                 "`runc checkpoint --tcp-established` (CRIU options: runc's defaults + skip-in-flight), rsync of private area + images (local, in parallel, "
                  "uncompressed), `runc restore --detach`, host route + proxy ARP + gratuitous ARP on the "
                  "destination; not included: image compression, checksums, preflight checks, rollback")
 

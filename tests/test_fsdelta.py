@@ -57,3 +57,9 @@ def test_apply_never_follows_a_symlink_in_the_private_area(tmp_path: Path) -> No
     with pytest.raises(Exception):  # noqa: B017 - UnsafePath, whatever its exact type
         fsdelta.apply(img, dst)
     assert list(outside.iterdir()) == []
+
+
+def test_timestamp_margin_is_one_tick_on_fine_filesystems_and_a_second_on_coarse_ones(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("x")
+    assert fsdelta.timestamp_margin(tmp_path) == fsdelta.FINE_MARGIN_S  # pytest's tmp: ns timestamps
+    assert fsdelta.timestamp_margin(tmp_path / "missing") == fsdelta.COARSE_MARGIN_S

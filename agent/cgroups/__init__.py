@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -66,3 +67,37 @@ def thaw(cgpath: str) -> None:
         target.write_text(value)
     except FileNotFoundError:
         pass
+
+
+def frozen(text: str, version: int) -> bool:
+    """Pure: does freezer.state (v1) or cgroup.events (v2) say the whole cgroup is frozen?"""
+    if version == 2:
+        return any(line.split() == ["frozen", "1"] for line in text.splitlines())
+    return text.strip() == "FROZEN"
+
+
+def freeze(cgpath: str, timeout: float = 10.0) -> None:
+    """Freeze every task of the cgroup and wait until the kernel says all are frozen (what
+    `runc pause` does, without its process start-up). On timeout the cgroup is thawed again
+    and OSError raised. runc reads the freezer, so it shows the container as paused."""
+    from agent.cgroups.hierarchy import detect
+
+    fs = detect()
+    d = fs.dir("freezer", cgpath)
+    if d is None:
+        raise FileNotFoundError(f"no freezer cgroup {cgpath}")
+    control, value, status = ((d / "cgroup.freeze", "1", d / "cgroup.events") if fs.version == 2
+                              else (d / "freezer.state", "FROZEN", d / "freezer.state"))
+    deadline = time.monotonic() + timeout
+    next_write = 0.0
+    while True:
+        now = time.monotonic()
+        if now >= next_write:  # v1 may stay FREEZING while a task is busy in the kernel: ask again
+            control.write_text(value)
+            next_write = now + 0.05
+        if frozen(status.read_text(), fs.version):
+            return
+        if now > deadline:
+            thaw(cgpath)
+            raise OSError(f"cgroup {cgpath} did not freeze within {timeout:.0f} s")
+        time.sleep(0.0005)

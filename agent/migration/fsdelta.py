@@ -24,6 +24,24 @@ MAX_BYTES = 64 << 20
 DELTA_DIR = "fsdelta"
 
 
+FINE_MARGIN_S = 0.05  # the kernel stamps files with a coarse clock: up to a tick (<= 10 ms) behind
+COARSE_MARGIN_S = 1.0  # filesystems with whole-second timestamps (e.g. ext4 with 128-byte inodes)
+
+
+def timestamp_margin(private: Path) -> float:
+    """How far before the pre-copy's start the change scan must look: one timestamp tick.
+
+    Whole-second timestamps show as zero nanoseconds on every entry; finer ones almost never do.
+    """
+    try:
+        entries = [private, *sorted(private.iterdir())[:16]]
+        if any(os.lstat(e).st_ctime_ns % 1_000_000_000 for e in entries):
+            return FINE_MARGIN_S
+    except OSError:
+        pass
+    return COARSE_MARGIN_S
+
+
 @dataclass(frozen=True)
 class Delta:
     """What changed since the pre-copy: files to carry, or None when a full sync is needed."""

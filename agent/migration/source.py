@@ -272,7 +272,7 @@ class Source:
             journal.save(lay.run_dir, j)
             failpoints.hit("src-after-prepare")
 
-            presync_started = time.time() - 1.0  # mtime/ctime granularity margin
+            presync_started = time.time() - fsdelta.timestamp_margin(lay.private(ctid))
             sent, secs = await self._stage(prog, "presync", f"copying the filesystem ({private_bytes >> 20} MiB)",
                                            lambda: run_rsync(lay.private(ctid), reply.rsync_url,
                                                              reply.rsync_password, final=False))
@@ -328,9 +328,14 @@ class Source:
             j.state = journal.OUT_FROZEN
             journal.save(lay.run_dir, j)  # before the freeze: a crash from here on resumes on restart
             prog.frozen_at = t0 = time.monotonic()
-            await self.m.net.lock(net)
-            t1 = time.monotonic()
-            await self.m.runc.pause(ctid)
+            # both at once: the node ends of its links go down while its tasks freeze; both finish
+            # before a failure of either is raised (the rollback must find a settled container)
+            for r in await asyncio.gather(self.m.net.lock(net), asyncio.to_thread(cgroups.freeze, lay.cgroup_path(ctid)),
+                                          return_exceptions=True):
+                if isinstance(r, OSError):
+                    raise VzError(Kind.FAILED, f"cannot freeze container {ctid}: {r}")
+                if isinstance(r, BaseException):
+                    raise r
             t2 = time.monotonic()
             failpoints.hit("src-after-freeze")
             # scanned now: the container cannot change anything any more, and CRIU has not yet
@@ -341,7 +346,7 @@ class Source:
                 lazy_dump = await self.m.runc.checkpoint_lazy(ctid, work / "img", work / "dump", page_server)
             else:
                 await self.m.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
-            log.info("migration %s: lock %.3f s, pause %.3f s, scan %.3f s, dump %.3f s", mid, t1 - t0, t2 - t1,
+            log.info("migration %s: network lock and freeze %.3f s, scan %.3f s, dump %.3f s", mid, t2 - t0,
                      t3 - t2, time.monotonic() - t3)
 
         try:
@@ -372,7 +377,10 @@ class Source:
         truncate = failpoints.action("src-truncate-images") == "corrupt"
 
         async def send() -> None:
+            t = time.monotonic()
             blob, manifest, tar_bytes = await asyncio.to_thread(images.pack, work / "img", level)
+            log.info("migration %s: images packed in %.3f s (%d -> %d bytes)", mid, time.monotonic() - t,
+                     tar_bytes, len(blob))
             if failpoints.action("src-corrupt-images") == "corrupt":
                 mid_byte = len(blob) // 2
                 blob = blob[:mid_byte] + bytes([blob[mid_byte] ^ 0xFF]) + blob[mid_byte + 1:]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import proc
+from agent import mounts, proc
 from agent.errors import Kind, VzError
 
 
@@ -92,14 +92,31 @@ class Runc:
         """Restore the container from image_dir into bundle (this node's paths); returns init's PID."""
         pid_file = bundle / "init.pid"
         pid_file.unlink(missing_ok=True)
-        args = [self.binary, "--root", str(self.root), "restore", "--detach", "--bundle", str(bundle),
+        work_dir.mkdir(parents=True, exist_ok=True)
+        log_file = work_dir / "runc.log"
+        log_file.unlink(missing_ok=True)
+        args = [self.binary, "--root", str(self.root), "--log", str(log_file), "--log-format", "json",
+                "restore", "--detach", "--bundle", str(bundle),
                 "--image-path", str(image_dir), "--work-path", str(work_dir), "--pid-file", str(pid_file),
                 "--tcp-established", "--ext-unix-sk", "--file-locks", *(["--lazy-pages"] if lazy else []),
                 str(ctid)]
         res = await proc.run(args, timeout=600, check=False, what="runc restore", capture=False)
         if not res.ok:
-            raise VzError(Kind.FAILED, f"restore of {ctid} failed: {_criu_error(work_dir / 'restore.log', res)}")
+            why = _criu_error_line(work_dir / "restore.log") or _runc_error(log_file, res)
+            await self._clean_failed_restore(ctid)
+            raise VzError(Kind.FAILED, f"restore of {ctid} failed: {why}")
         return int(pid_file.read_text().strip())
+
+    async def _clean_failed_restore(self, ctid: int) -> None:
+        """A failed `runc restore` leaves its state directory with the container's root still
+        mounted on criu-root inside, and no state.json (so `runc delete` does not see it)."""
+        state = self.root / str(ctid)
+        if (state / "state.json").exists():
+            return
+        criu_root = state / "criu-root"
+        if mounts.is_mountpoint(criu_root):
+            await proc.run(["umount", "--lazy", str(criu_root)], check=False, what="umount criu-root")
+        shutil.rmtree(state, ignore_errors=True)
 
     async def state(self, ctid: int) -> State | None:
         res = await proc.run(self._argv("state", str(ctid)), timeout=30, check=False)
@@ -207,8 +224,8 @@ def _read_status(fd: int) -> bool:
             return True
 
 
-def _criu_error(log_file: Path, res: proc.Result) -> str:
-    """The last CRIU error line (the harmless RLIMIT_NOFILE one skipped), else runc's message."""
+def _criu_error_line(log_file: Path) -> str:
+    """The last CRIU error line (the harmless RLIMIT_NOFILE one skipped), or ""."""
     last = ""
     try:
         for line in log_file.read_text(errors="replace").splitlines():
@@ -216,7 +233,12 @@ def _criu_error(log_file: Path, res: proc.Result) -> str:
                 last = line.strip()
     except OSError:
         pass
-    return last or res.err_tail()
+    return last
+
+
+def _criu_error(log_file: Path, res: proc.Result) -> str:
+    """The last CRIU error line, else runc's message."""
+    return _criu_error_line(log_file) or res.err_tail()
 
 
 def pid_alive(pid: int) -> bool:

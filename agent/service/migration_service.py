@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
@@ -13,6 +15,8 @@ from agent.service.errors import streaming, unary
 from vzapi import container_pb2 as cpb
 from vzapi import migration_pb2 as pb
 from vzapi import migration_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 Ctx: TypeAlias = Any
 MAX_IMAGE_STREAM = 64 << 30
@@ -74,7 +78,10 @@ class MigrationPeer(pb_grpc.MigrationPeerServicer):
                 os.close(fd)
         if path is None or ctid_file is None:
             raise VzError(Kind.INVALID, "empty image stream")
+        t = time.monotonic()
         await self.d.receive_images(mid, ctid_file, path, manifest or {})
+        log.info("migration %s: %d bytes of images received, unpacked and verified in %.3f s", mid, total,
+                 time.monotonic() - t)
         return cpb.Empty()
 
     @unary

@@ -330,8 +330,10 @@ class Source:
             prog.frozen_at = t0 = time.monotonic()
             # both at once: the node ends of its links go down while its tasks freeze; both finish
             # before a failure of either is raised (the rollback must find a settled container)
-            for r in await asyncio.gather(self.m.net.lock(net), asyncio.to_thread(cgroups.freeze, lay.cgroup_path(ctid)),
-                                          return_exceptions=True):
+            settled = await asyncio.gather(self.m.net.lock(net),
+                                           asyncio.to_thread(cgroups.freeze, lay.cgroup_path(ctid)),
+                                           return_exceptions=True)
+            for r in settled:
                 if isinstance(r, OSError):
                     raise VzError(Kind.FAILED, f"cannot freeze container {ctid}: {r}")
                 if isinstance(r, BaseException):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from agent.runtime import runc
 from agent.runtime.oci import DEFAULT_CAPS, ContainerSpec, Resources, build_spec
 
 
@@ -54,3 +57,14 @@ def test_unlimited_resources_emit_nothing_but_the_device_rule() -> None:
 
 def test_spec_is_deterministic() -> None:
     assert _spec() == _spec()
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["runc", "--root", "/run/x", "list", "--format", "json"], "list"),
+    (["runc", "--root", "/run/x", "--log", "/l", "--log-format", "json", "state", "101"], "state"),
+    (["runc", "--debug", "exec", "-t", "101", "ps"], "exec"),
+    (["runc", "--root", "/run/x"], None),
+    (["runc"], None),
+])
+def test_runc_subcommand_skips_global_options(argv: list[str], expected: str | None) -> None:
+    assert runc.subcommand(argv) == expected

@@ -509,7 +509,7 @@ class Source:
             hidden = self.m.runc.hide(ctid)
             # a runc reader that loaded the state before the hide would, after the thaw below, see
             # live unfrozen tasks and call the copy "running" while they die: let readers finish first
-            await _wait_gone(self.m.runc.cli_pids(), RUNC_READERS_WAIT_S)
+            await _wait_gone(self.m.runc.reader_pids(), RUNC_READERS_WAIT_S)
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

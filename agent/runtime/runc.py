@@ -159,20 +159,24 @@ class Runc:
         os.rename(state, hidden)
         return hidden
 
-    def cli_pids(self) -> list[int]:
-        """PIDs of every runc process on this host (ours or anyone's), e.g. a `runc list` that may
-        have read a state directory before `hide` moved it and still has to look at the tasks."""
-        exe = shutil.which(self.binary) or self.binary
-        real = os.path.realpath(exe)
+    def reader_pids(self) -> list[int]:
+        """PIDs of the runc processes on this host (ours or anyone's) that read container state
+        (`runc list`, `state`, `ps`, `events`): one may have read a state directory before `hide`
+        moved it and still have to look at the tasks. Long-lived ones (`exec` sessions) do not count."""
+        real = os.path.realpath(shutil.which(self.binary) or self.binary)
         found = []
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
             try:
-                if os.readlink(f"/proc/{entry.name}/exe") == real:
-                    found.append(int(entry.name))
+                if os.readlink(f"/proc/{entry.name}/exe") != real:
+                    continue
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
             except OSError:
                 continue
+            if subcommand(argv) in STATE_READERS:
+                found.append(int(entry.name))
         return found
 
     async def pause(self, ctid: int) -> None:
@@ -196,6 +200,23 @@ class Runc:
         if tty:
             args += ["--tty"]
         return self._argv(*args, str(ctid), *argv)
+
+
+STATE_READERS = frozenset({"list", "state", "ps", "events"})
+_VALUED_GLOBAL_OPTIONS = frozenset({"--root", "--log", "--log-format", "--criu", "--rootless"})
+
+
+def subcommand(argv: Sequence[str]) -> str | None:
+    """Pure: the runc subcommand of a runc command line (global options skipped), or None."""
+    skip = False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+        elif arg in _VALUED_GLOBAL_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def _runc_error(log_file: Path, res: proc.Result) -> str:

@@ -111,6 +111,7 @@ async def serve(layout: NodeLayout, socket_path: Path, listen: str | None, tls: 
     dest = Destination(manager, listen_host)
     await dest.recover()
     await source.recover()
+    settler = asyncio.create_task(source.reconcile_forever(), name="settle-migrations")
     running = await manager.runc.list_states()
     adopted = sorted(k for k, s in running.items() if s.status in ("running", "paused"))
     log.info("node %s: %d container(s) running, adopted: %s", layout.node, len(adopted),
@@ -156,6 +157,7 @@ async def serve(layout: NodeLayout, socket_path: Path, listen: str | None, tls: 
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down; containers keep running")
+    settler.cancel()
     if peer_server is not None:
         await peer_server.stop(grace=5)
     await server.stop(grace=5)

@@ -58,6 +58,7 @@ HTTP_PORT = 80
 ECHO_PORT = 7000
 POLL_PERIOD_S = 0.02
 ANSWER_WITHIN_S = 2.0  # the source answers again this soon after a failed migration returned
+SETTLE_WITHIN_S = 15.0  # an unsettled source asks the destination every 5 s (RECONCILE_PERIOD_S)
 MIGRATE_TIMEOUT_S = 120.0
 
 # The container's services, run by its busybox init (children of init: nothing exec'ed from outside,
@@ -880,6 +881,33 @@ def test_source_agent_killed_after_the_freeze_resumes_the_container_when_it_rest
         finally:
             client.stop()
     assert client.error is None, client.error
+
+
+def test_destination_lost_after_the_commit_was_sent_source_stays_frozen_then_settles(
+        mc: Cluster2, make_ct: MakeCt) -> None:
+    """The destination agent dies as Commit arrives (before committing). The source cannot know
+    whether the destination owns the container: it keeps its copy frozen (never resumes blindly),
+    gives up the command after its retry window, and settles in the background once the
+    destination answers again: not committed there -> resumed here."""
+    n1, n2 = mc.nodes
+    ctid = make_ct(n1, 155)
+    ip = ip_of(ctid)
+    before = wait_counter(mc, ip)
+    with mc.failpoints(n2, "dst-commit=kill") as armed_pid, CopyWatch(mc.nodes, ctid) as watch:
+        run = mc.vzmigrate("--online", n2.name, str(ctid))
+        assert run.res.returncode != 0, run.describe()
+        assert "did not confirm the commit" in run.res.stderr, run.describe()
+        wait_dead(armed_pid, 5)
+        assert runc_status(n1, ctid) == "paused", "the source copy was resumed without the destination's word"
+        assert n1.journal("out", ctid).exists()
+        t0 = time.monotonic()
+        mc.cluster.up(2)  # the destination agent is back: it drops its uncommitted copy
+        answers_within(mc, ip, t0, limit=SETTLE_WITHIN_S)
+        print(f"settled {time.monotonic() - t0:.2f} s after the destination agent came back")
+    assert_runs_here(mc, n1, ctid)
+    assert_no_copy(n2, ctid)
+    watch.assert_never_two()
+    assert counter(mc, ip) >= before
 
 
 def test_keep_dst_keeps_the_partial_copy_and_a_retry_succeeds(mc: Cluster2, make_ct: MakeCt) -> None:

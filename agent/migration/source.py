@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 PEER_TIMEOUT_S = 300.0
 COMMIT_RETRY_S = 30.0
 RUNC_READERS_WAIT_S = 2.0
+RECONCILE_PERIOD_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -463,8 +464,8 @@ class Source:
                         raise _rpc_error(e, "commit refused by the destination") from None
                 if time.monotonic() > deadline:
                     raise VzError(Kind.FAILED, f"the destination did not confirm the commit of {ctid}; the "
-                                               f"container stays frozen here until it does (agent journal "
-                                               f"{mid})") from None
+                                               f"container stays frozen here until the destination answers "
+                                               f"(asked every {RECONCILE_PERIOD_S:.0f} s; migration {mid})") from None
                 await asyncio.sleep(1)
         prog.times.append(("commit", time.monotonic() - t))
         j.state = journal.OUT_DONE
@@ -551,6 +552,24 @@ class Source:
         with contextlib.suppress(OSError):
             lay.ve_root(ctid).rmdir()
 
+    async def reconcile_forever(self, period: float = RECONCILE_PERIOD_S) -> None:
+        """Settle, in the background, migrations whose commit outcome is unknown: the destination
+        stopped answering after Commit was sent, and the source copy stays frozen (never resumed
+        blindly: the destination may own the container). As soon as the destination answers again,
+        the copy here is removed (committed there) or resumed (not committed)."""
+        while True:
+            await asyncio.sleep(period)
+            for j in journal.pending(self.m.layout.run_dir, "out"):
+                if j.state != journal.OUT_COMMIT_SENT:
+                    continue
+                try:
+                    async with self.m.locked(j.ctid, "settle a migration"):
+                        current = journal.load(self.m.layout.run_dir, "out", j.ctid)
+                        if current is not None and current.id == j.id and current.state == journal.OUT_COMMIT_SENT:
+                            await self._recover_one(current)
+                except Exception as e:  # retried on the next round
+                    log.info("migration %s of %d still unsettled: %s", j.id, j.ctid, e)
+
     async def recover(self) -> None:
         """At agent start: finish or undo outgoing migrations a crash interrupted."""
         for j in journal.pending(self.m.layout.run_dir, "out"):
@@ -577,7 +596,7 @@ class Source:
             return
         if remote is None and j.state == journal.OUT_COMMIT_SENT:
             log.error("migration %s: destination unreachable and commit outcome unknown; container %d stays "
-                      "frozen", j.id, j.ctid)
+                      "frozen until it answers (asked every %.0f s)", j.id, j.ctid, RECONCILE_PERIOD_S)
             return
         await self._abort_remote(j)
         log.warning("migration %s: not committed; resuming container %d here", j.id, j.ctid)

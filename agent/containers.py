@@ -32,6 +32,7 @@ from agent.network import netns
 from agent.network import plan as netplan
 from agent.network.apply import NodeNetwork
 from agent.runtime import apply_limits, limits
+from agent.runtime import criu_conf as criu_options
 from agent.runtime.oci import ContainerSpec, build_spec
 from agent.runtime.runc import Runc, State, pid_alive, uptime_seconds
 from agent.storage import quota, rootfs
@@ -420,6 +421,7 @@ class ContainerManager:
                 if st.status == "running":
                     await self.runc.pause(ctid)
                 await self.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
+                criu_options.record(self.layout.bundle(ctid) / "criu.conf", work / "img")
                 size = await asyncio.to_thread(dumpfile_io.write, work / "img", path, ctid)
             except BaseException:
                 with contextlib.suppress(VzError):
@@ -467,7 +469,12 @@ class ContainerManager:
                 await self.net.setup(ns_name, net, expose=False)
                 bundle = self.write_bundle(ctid, cfg, ns_path)
                 undo.append(("runc", ctid))
-                await self.runc.restore(ctid, bundle, work / "img", work / "restore")
+                # restored with the options it was dumped with (maybe by another agent version)
+                (bundle / "criu.conf").write_text(criu_options.for_restore(work / "img"))
+                try:
+                    await self.runc.restore(ctid, bundle, work / "img", work / "restore")
+                finally:
+                    (bundle / "criu.conf").write_text(criu_options.CURRENT)  # for its next dump
                 await apply_limits.at_start(self.layout, ctid, cfg)  # runc restores only its own limits
                 await self.net.expose(net)
             except BaseException:
@@ -554,12 +561,9 @@ class ContainerManager:
             caps=limits.capabilities(cfg),
             resources=limits.resources(cfg),
         )
-        # CRIU options runc has no flag for, read by runc checkpoint/restore through an annotation:
-        # a connection waiting in a listen backlog must not fail the dump (runc notes, pitfall 2);
-        # no CRIU network lock: every dump and restore runs with the container's node-side links
-        # down (NodeNetwork.lock), and CRIU's iptables lock costs ~60 ms each way
+        # CRIU options runc has no flag for, read by runc checkpoint/restore through an annotation
         criu_conf = bundle / "criu.conf"
-        criu_conf.write_text("skip-in-flight\nnetwork-lock skip\nmanage-cgroups=ignore\n")
+        criu_conf.write_text(criu_options.CURRENT)
         oci = limits.amend_spec(build_spec(spec), cfg, limits.agent_hard_limits())
         oci["annotations"]["org.criu.config"] = str(criu_conf)
         tmp = bundle / "config.json.tmp"

@@ -655,6 +655,31 @@ def test_online_migration_leaves_no_bundle_on_the_source(mc: Cluster2, make_ct: 
         pytest.fail(f"{n1.bundle(ctid)} is left: {sorted(p.name for p in n1.bundle(ctid).iterdir())}")
 
 
+LEGACY_CRIU_OPTIONS = "skip-in-flight\n"  # what agents before 2026-11-30 dumped with (soft cgroups)
+
+
+def test_images_dumped_with_another_agents_criu_options_restore_with_those(mc: Cluster2, make_ct: MakeCt) -> None:
+    """A source of another version dumps with other CRIU options (here: an earlier agent's, with
+    CRIU managing cgroups); the destination restores those images (with the options that came
+    with them), then keeps its own options for the container's next dump, and it moves on."""
+    n1, n2 = mc.nodes
+    ctid = make_ct(n1, 103)
+    ip = ip_of(ctid)
+    before = wait_counter(mc, ip)
+    ours = n1.bundle(ctid).joinpath("criu.conf").read_text()
+    n1.bundle(ctid).joinpath("criu.conf").write_text(LEGACY_CRIU_OPTIONS)  # read by runc at checkpoint
+    with CopyWatch(mc.nodes, ctid) as watch:
+        run = mc.vzmigrate("--online", n2.name, str(ctid))
+        assert run.res.returncode == 0, run.describe()
+        assert n2.bundle(ctid).joinpath("criu.conf").read_text() == ours
+        back = mc.vzmigrate("--online", n1.name, str(ctid))
+        assert back.res.returncode == 0, back.describe()
+    assert_runs_here(mc, n1, ctid)
+    assert_no_copy(n2, ctid)
+    watch.assert_never_two()
+    assert counter(mc, ip) >= before
+
+
 # ---- 2. offline migration ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("with_ip", [

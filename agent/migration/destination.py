@@ -25,6 +25,7 @@ from agent.errors import Kind, VzError
 from agent.migration import facts, failpoints, fsdelta, images, journal, rsyncd
 from agent.network import netns
 from agent.runtime import apply_limits
+from agent.runtime import criu_conf as criu_options
 from agent.storage import quota
 
 log = logging.getLogger(__name__)
@@ -238,15 +239,15 @@ class Destination:
                 await self._start_lazy_pages(inc, page_server)
             # restored stopped (SIGSTOP): until the commit continues it, this copy executes nothing, even
             # if this agent dies and the source resumes (the CRIU options file is read at restore time)
+            # with the options the images were dumped with (the source may run another version)
             criu_conf = lay.bundle(ctid) / "criu.conf"
-            plain = criu_conf.read_text()
-            criu_conf.write_text(plain + "leave-stopped\n")
+            criu_conf.write_text(criu_options.for_restore(self.work_dir(ctid) / "img") + criu_options.LEAVE_STOPPED)
             t1 = time.monotonic()
             try:
                 pid = await self.m.runc.restore(ctid, lay.bundle(ctid), self.work_dir(ctid) / "img",
                                                 self.work_dir(ctid) / "restore", lazy=lazy)
             finally:
-                criu_conf.write_text(plain)  # later checkpoints of the container read it too
+                criu_conf.write_text(criu_options.CURRENT)  # later checkpoints read it too
             log.info("migration %s: runc restore took %.3f s", mid, time.monotonic() - t1)
             await apply_limits.at_start(lay, ctid, inc.cfg)  # runc restores only its own limits
         elif start:

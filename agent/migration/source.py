@@ -29,6 +29,7 @@ from agent.errors import Kind, VzError
 from agent.migration import facts, failpoints, fsdelta, images, journal, rsyncd
 from agent.migration.destination import Facts, node_facts
 from agent.network import netns
+from agent.runtime import criu_conf as criu_options
 from agent.runtime.runc import pid_alive
 from agent.storage import quota
 from vzapi import migration_pb2 as pb
@@ -349,6 +350,7 @@ class Source:
                 lazy_dump = await self.m.runc.checkpoint_lazy(ctid, work / "img", work / "dump", page_server)
             else:
                 await self.m.runc.checkpoint(ctid, work / "img", work / "dump", leave_running=True)
+            criu_options.record(lay.bundle(ctid) / "criu.conf", work / "img")  # the restore must use them
             log.info("migration %s: network lock and freeze %.3f s, scan %.3f s, dump %.3f s", mid, t2 - t0,
                      t3 - t2, time.monotonic() - t3)
 

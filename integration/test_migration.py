@@ -655,6 +655,77 @@ def test_online_migration_leaves_no_bundle_on_the_source(mc: Cluster2, make_ct: 
         pytest.fail(f"{n1.bundle(ctid)} is left: {sorted(p.name for p in n1.bundle(ctid).iterdir())}")
 
 
+LOCKHOLDER_C = Path(__file__).with_name("lockholder.c")
+SURVIVING_LIMITS = [("memory", "memory.limit_in_bytes"), ("pids", "pids.max"), ("cpu", "cpu.shares"),
+                    ("cpu", "cpu.cfs_quota_us"), ("cpu", "cpu.cfs_period_us")]
+
+
+def inside(mc: Cluster2, node: Node, ctid: int, script: str) -> str:
+    return mc.ok("vzctl", "--node", node.name, "exec", str(ctid), script)
+
+
+def lasting_processes(mc: Cluster2, node: Node, ctid: int) -> set[tuple[str, str]]:
+    """(PID inside the container, command) of its long-lived processes (not the counter's sleeps)."""
+    out = inside(mc, node, ctid, "ps -o pid,args")
+    rows = {tuple(line.split(None, 1)) for line in out.splitlines()[1:] if len(line.split(None, 1)) == 2}
+    return {(pid, cmd) for pid, cmd in rows if cmd.startswith(("init", "/lockholder", "sleep 999"))}
+
+
+def locks_in(mc: Cluster2, node: Node, ctid: int) -> list[tuple[str, ...]]:
+    """/proc/locks inside the container: (class, kind, mode, pid, start, end) of each lock. The
+    device and inode are left out: the file is the same, its inode is not (the filesystem was
+    copied file by file; a disk image is a new image on the destination)."""
+    rows = [line.split() for line in inside(mc, node, ctid, "cat /proc/locks").splitlines()]
+    return sorted(tuple(r[1:5] + r[6:8]) for r in rows if len(r) >= 8)
+
+
+def limits_of(node: Node, ctid: int) -> dict[str, str | None]:
+    from agent.cgroups.apply import read_value
+    from agent.cgroups.hierarchy import detect
+
+    return {f"{c}/{f}": read_value(detect(), f"/vzfleet/{node.name}/{ctid}", c, f) for c, f in SURVIVING_LIMITS}
+
+
+def test_what_survives_a_live_move_and_the_destination_adopts_the_container(mc: Cluster2, make_ct: MakeCt) -> None:
+    """Locks, timers, the process tree, hostname, IP, cgroup limits and the disk quota are the same
+    after the move, and the destination's agent manages the container (set, exec, stop)."""
+    n1, n2 = mc.nodes
+    ctid = make_ct(n1, 161, start=False)
+    mc.ok("vzctl", "--node", n1.name, "set", str(ctid), "--hostname", "surv161", "--ram", "256M",
+          "--numproc", "100", "--cpuunits", "2000", "--cpulimit", "50", "--diskspace", "300M:300M", "--save")
+    mc.ok("vzctl", "--node", n1.name, "start", str(ctid))
+    ip = ip_of(ctid)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(n1.ve_root(ctid) / "lockholder"), str(LOCKHOLDER_C)],
+                   check=True, timeout=120)
+    inside(mc, n1, ctid, "setsid /lockholder /tmp/held </dev/null >/tmp/lockholder.out 2>&1 & "
+                         "setsid sleep 999 </dev/null >/dev/null 2>&1 & sleep 0.3; cat /tmp/lockholder.out")
+    before = wait_counter(mc, ip)
+    procs = lasting_processes(mc, n1, ctid)
+    assert {cmd.split()[0] for _, cmd in procs} >= {"init", "/lockholder", "sleep"}, procs
+    locks = locks_in(mc, n1, ctid)
+    assert {lk[0] for lk in locks} >= {"FLOCK", "POSIX"}, locks
+    disk = inside(mc, n1, ctid, "df -k / | tail -1").split()[1]
+    limits = limits_of(n1, ctid)
+    assert limits["memory/memory.limit_in_bytes"] == str(256 << 20) and limits["pids/pids.max"] == "100", limits
+
+    with CopyWatch(mc.nodes, ctid) as watch:
+        run = mc.vzmigrate("--online", n2.name, str(ctid))
+    assert run.res.returncode == 0, run.describe()
+    watch.assert_never_two()
+
+    assert lasting_processes(mc, n2, ctid) == procs
+    assert locks_in(mc, n2, ctid) == locks
+    assert inside(mc, n2, ctid, "hostname").strip() == "surv161"
+    assert inside(mc, n2, ctid, "df -k / | tail -1").split()[1] == disk
+    assert limits_of(n2, ctid) == limits
+    assert counter(mc, ip) >= before
+    # the destination's agent owns it now
+    mc.ok("vzctl", "--node", n2.name, "set", str(ctid), "--numproc", "120")
+    assert limits_of(n2, ctid)["pids/pids.max"] == "120"
+    mc.ok("vzctl", "--node", n2.name, "stop", str(ctid), "--fast")
+    assert mc.listed(n2).get(ctid) == "stopped"
+
+
 LEGACY_CRIU_OPTIONS = "skip-in-flight\n"  # what agents before 2026-11-30 dumped with (soft cgroups)
 
 

@@ -687,12 +687,13 @@ def limits_of(node: Node, ctid: int) -> dict[str, str | None]:
 
 
 def test_what_survives_a_live_move_and_the_destination_adopts_the_container(mc: Cluster2, make_ct: MakeCt) -> None:
-    """Locks, timers, the process tree, hostname, IP, cgroup limits and the disk quota are the same
-    after the move, and the destination's agent manages the container (set, exec, stop)."""
+    """Locks, timers, the process tree, hostname, IP, a veth's MAC, cgroup limits and the disk quota
+    are the same after the move, and the destination's agent manages the container (set, exec, stop)."""
     n1, n2 = mc.nodes
     ctid = make_ct(n1, 161, start=False)
     mc.ok("vzctl", "--node", n1.name, "set", str(ctid), "--hostname", "surv161", "--ram", "256M",
-          "--numproc", "100", "--cpuunits", "2000", "--cpulimit", "50", "--diskspace", "300M:300M", "--save")
+          "--numproc", "100", "--cpuunits", "2000", "--cpulimit", "50", "--diskspace", "300M:300M",
+          "--netif_add", "eth1,00:18:51:5A:01:61,veth161.1,00:18:51:5B:01:61,vzbr0", "--save")
     mc.ok("vzctl", "--node", n1.name, "start", str(ctid))
     ip = ip_of(ctid)
     subprocess.run(["gcc", "-static", "-O2", "-o", str(n1.ve_root(ctid) / "lockholder"), str(LOCKHOLDER_C)],
@@ -705,6 +706,8 @@ def test_what_survives_a_live_move_and_the_destination_adopts_the_container(mc: 
     locks = locks_in(mc, n1, ctid)
     assert {lk[0] for lk in locks} >= {"FLOCK", "POSIX"}, locks
     disk = inside(mc, n1, ctid, "df -k / | tail -1").split()[1]
+    mac = inside(mc, n1, ctid, "cat /sys/class/net/eth1/address").strip()
+    assert mac == "00:18:51:5a:01:61", mac
     limits = limits_of(n1, ctid)
     assert limits["memory/memory.limit_in_bytes"] == str(256 << 20) and limits["pids/pids.max"] == "100", limits
 
@@ -717,6 +720,7 @@ def test_what_survives_a_live_move_and_the_destination_adopts_the_container(mc: 
     assert locks_in(mc, n2, ctid) == locks
     assert inside(mc, n2, ctid, "hostname").strip() == "surv161"
     assert inside(mc, n2, ctid, "df -k / | tail -1").split()[1] == disk
+    assert inside(mc, n2, ctid, "cat /sys/class/net/eth1/address").strip() == mac
     assert limits_of(n2, ctid) == limits
     assert counter(mc, ip) >= before
     # the destination's agent owns it now

@@ -28,6 +28,7 @@ from agent.config.params import ContainerConfig, ParamError, apply_params
 from agent.config.samples import sample_text
 from agent.errors import Kind, VzError
 from agent.layout import CTID_MAX, CTID_MIN, NodeLayout
+from agent.migration import journal as migration_journal
 from agent.network import netns
 from agent.network import plan as netplan
 from agent.network.apply import NodeNetwork
@@ -42,6 +43,7 @@ from agent.storage.templates import TemplateCache, TemplateNotFound
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_S = 30.0
+SETTLE_OP = "settle a migration"  # the one operation allowed on a container an unsettled migration froze
 # What each option does today (docs/resources.md). Options outside these sets are validated and
 # stored but not enforced yet: the agent says so in its reply instead of ignoring them silently.
 STORED_ONLY = frozenset({"name", "description", "onboot", "bootorder", "disabled", "stop-timeout", "ostemplate"})
@@ -127,9 +129,20 @@ class ContainerManager:
             raise VzError(Kind.BUSY, f"container {ctid} is locked by another operation; "
                                      f"{op} gave up after {LOCK_WAIT_S:g} s, try again") from None
         try:
+            if op != SETTLE_OP:
+                self._refuse_if_unsettled(ctid, op)
             yield
         finally:
             lock.release()
+
+    def _refuse_if_unsettled(self, ctid: int, op: str) -> None:
+        """A container frozen by a migration whose commit outcome is unknown must not be thawed,
+        stopped, moved or destroyed here: the destination may own it (two copies, or none)."""
+        j = migration_journal.load(self.layout.run_dir, "out", ctid)
+        if j is not None and j.state in (migration_journal.OUT_FROZEN, migration_journal.OUT_COMMIT_SENT):
+            raise VzError(Kind.STATE, f"container {ctid} is frozen by migration {j.id} to {j.peer}, whose "
+                                      f"outcome is not known yet: the destination may own it now. It settles "
+                                      f"by itself once the destination answers; {op} refused until then")
 
     def locked(self, ctid: int, op: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The container's lock, for operations built outside the manager (migration)."""

@@ -987,8 +987,9 @@ def test_destination_lost_after_the_commit_was_sent_source_stays_frozen_then_set
         mc: Cluster2, make_ct: MakeCt) -> None:
     """The destination agent dies as Commit arrives (before committing). The source cannot know
     whether the destination owns the container: it keeps its copy frozen (never resumes blindly),
-    gives up the command after its retry window, and settles in the background once the
-    destination answers again: not committed there -> resumed here."""
+    gives up the command after its retry window, refuses whatever would thaw, kill, move or remove
+    the copy meanwhile, and settles in the background once the destination answers again: not
+    committed there -> resumed here."""
     n1, n2 = mc.nodes
     ctid = make_ct(n1, 155)
     ip = ip_of(ctid)
@@ -1000,6 +1001,12 @@ def test_destination_lost_after_the_commit_was_sent_source_stays_frozen_then_set
         wait_dead(armed_pid, 5)
         assert runc_status(n1, ctid) == "paused", "the source copy was resumed without the destination's word"
         assert n1.journal("out", ctid).exists()
+        for op in (["resume"], ["stop", "--fast"], ["destroy"]):  # nobody may thaw, kill or remove it now
+            res = mc.cli("vzctl", "--node", n1.name, *op, str(ctid))
+            assert res.returncode != 0 and "outcome is not known yet" in res.stderr, (op, res.stderr)
+        again = mc.vzmigrate("--online", n2.name, str(ctid))
+        assert again.res.returncode != 0 and "outcome is not known yet" in again.res.stderr, again.describe()
+        assert runc_status(n1, ctid) == "paused"
         t0 = time.monotonic()
         mc.cluster.up(2)  # the destination agent is back: it drops its uncommitted copy
         answers_within(mc, ip, t0, limit=SETTLE_WITHIN_S)

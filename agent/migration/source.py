@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from agent import cgroups, mounts, proc
-from agent.containers import ContainerManager
+from agent.containers import SETTLE_OP, ContainerManager
 from agent.errors import Kind, VzError
 from agent.migration import facts, failpoints, fsdelta, images, journal, rsyncd
 from agent.migration.destination import Facts, node_facts
@@ -565,7 +565,7 @@ class Source:
                 if j.state != journal.OUT_COMMIT_SENT:
                     continue
                 try:
-                    async with self.m.locked(j.ctid, "settle a migration"):
+                    async with self.m.locked(j.ctid, SETTLE_OP):
                         current = journal.load(self.m.layout.run_dir, "out", j.ctid)
                         if current is not None and current.id == j.id and current.state == journal.OUT_COMMIT_SENT:
                             await self._recover_one(current)

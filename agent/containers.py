@@ -43,6 +43,7 @@ from agent.storage.templates import TemplateCache, TemplateNotFound
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_S = 30.0
+DISK_CHECK_S = 2.0  # how often soft disk limits past their grace period are looked at
 SETTLE_OP = "settle a migration"  # the one operation allowed on a container an unsettled migration froze
 # What each option does today (docs/resources.md). Options outside these sets are validated and
 # stored but not enforced yet: the agent says so in its reply instead of ignoring them silently.
@@ -155,6 +156,24 @@ class ContainerManager:
     async def start_unlocked(self, ctid: int) -> None:
         """Start; the caller holds the container's lock."""
         await self._start(ctid, wait=False, force=True)
+
+    async def enforce_disk_limits_forever(self, period: float = DISK_CHECK_S) -> None:
+        """Soft disk limits whose grace period ran out (quota.enforce_soft_limit), every few seconds.
+        A container busy with another operation is looked at in the next round."""
+        while True:
+            await asyncio.sleep(period)
+            for ctid in self.ctids():
+                lock = self._locks.setdefault(ctid, asyncio.Lock())
+                if lock.locked():
+                    continue
+                async with lock:
+                    try:
+                        note = await quota.enforce_soft_limit(self.layout, ctid)
+                    except (VzError, OSError) as e:
+                        log.warning("disk soft limit of container %d: %s", ctid, e)
+                        continue
+                if note:
+                    log.info("%s", note)
 
     def ctids(self) -> list[int]:
         out = []

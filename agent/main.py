@@ -112,6 +112,7 @@ async def serve(layout: NodeLayout, socket_path: Path, listen: str | None, tls: 
     await dest.recover()
     await source.recover()
     settler = asyncio.create_task(source.reconcile_forever(), name="settle-migrations")
+    disk_limits = asyncio.create_task(manager.enforce_disk_limits_forever(), name="disk-soft-limits")
     running = await manager.runc.list_states()
     adopted = sorted(k for k, s in running.items() if s.status in ("running", "paused"))
     log.info("node %s: %d container(s) running, adopted: %s", layout.node, len(adopted),
@@ -158,6 +159,7 @@ async def serve(layout: NodeLayout, socket_path: Path, listen: str | None, tls: 
     await stop.wait()
     log.info("shutting down; containers keep running")
     settler.cancel()
+    disk_limits.cancel()
     if peer_server is not None:
         await peer_server.stop(grace=5)
     await server.stop(grace=5)

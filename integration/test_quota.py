@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,31 @@ def test_writes_stop_at_the_hard_limit_and_a_live_raise_lets_them_continue(node:
     # destroy removes the image and its loop device
     node.destroy_ct(ct)
     assert not image.exists() and loops_of(node) == []
+
+
+def test_the_soft_limit_holds_after_the_grace_period_until_usage_is_under_it(node: Node, cts: Containers) -> None:
+    # given a running container with 40M soft, 100M hard and a 3 s grace period
+    ct = cts.create("--diskspace", "40M:100M", "--quotatime", "3", start=True)
+    # when it writes past the soft limit, it may (the grace period runs)
+    res = inside(node, ct, "dd if=/dev/zero of=/a bs=1M count=50 && sync")
+    assert res.returncode == 0, describe(res)
+    blocks = quota_stat(node, ct)["1k-blocks"]
+    assert blocks["usage"] > 40 * 1024 and blocks["grace_expires"] > 0, blocks
+    # then, once the grace period is over (and the agent has looked: every 2 s), no more growth
+    deadline = time.monotonic() + 15
+    while quota_stat(node, ct)["1k-blocks"]["effective_hardlimit"] >= 100 * 1024:
+        assert time.monotonic() < deadline, quota_stat(node, ct)
+        time.sleep(0.5)
+    res = inside(node, ct, "dd if=/dev/zero of=/b bs=1M count=5")
+    assert res.returncode != 0 and "No space left on device" in res.stderr, describe(res)
+    # when it gets back under the soft limit, the hard limit is in force again
+    assert inside(node, ct, "rm -f /a /b && sync").returncode == 0
+    deadline = time.monotonic() + 15
+    while quota_stat(node, ct)["1k-blocks"]["effective_hardlimit"] < 100 * 1024:
+        assert time.monotonic() < deadline, quota_stat(node, ct)
+        time.sleep(0.5)
+    res = inside(node, ct, "dd if=/dev/zero of=/c bs=1M count=60")
+    assert res.returncode == 0, describe(res)
 
 
 def test_diskinodes_limits_file_creation_and_changes_when_stopped(node: Node, cts: Containers) -> None:

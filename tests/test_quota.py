@@ -198,9 +198,11 @@ def test_plain_stopped_container_is_converted() -> None:
     assert plan(None, limits(100), None, running=False).rebuild
 
 
-def test_soft_limits_are_said_to_be_reported_only() -> None:
+def test_the_inode_soft_limit_is_said_to_be_reported_only_and_the_block_one_is_not() -> None:
+    p = plan(limits(100, inodes=5000), limits(100, soft_mb=80, inodes=5000, isoft=4000), USAGE)
+    assert any("inode soft limit" in n and "not enforced" in n for n in p.notes)
     p = plan(limits(100), limits(100, soft_mb=80), USAGE)
-    assert any("not enforced" in n for n in p.notes)
+    assert not any("not enforced" in n for n in p.notes)
 
 
 # ---- grace --------------------------------------------------------------------------------------
@@ -279,3 +281,20 @@ def test_a_disk_image_config_without_hard_limit_is_invalid() -> None:
     with pytest.raises(VzError) as e:
         quota.limits_of(ConfFile.parse('VE_LAYOUT="image"\n', "<t>"), "<t>")
     assert e.value.kind is Kind.INVALID
+
+
+@pytest.mark.parametrize("used_mb, since, now, expected_mb", [
+    (70, 0, 1000, 100),      # under the soft limit (80): the hard limit holds
+    (90, 1000, 1000, 100),   # above it, the grace period (60 s) just started
+    (90, 1000, 1059, 100),   # ... and has not run out
+    (90, 1000, 1060, 90),    # ran out: held at its usage
+    (95, 1000, 2000, 95),    # it grew in between (the check is periodic): held there
+    (79, 1000, 2000, 100),   # back under the soft limit: the hard limit again
+])
+def test_block_limit_now(used_mb: int, since: int, now: int, expected_mb: int) -> None:
+    lim = limits(100, soft_mb=80, quotatime=60)
+    assert quota.block_limit_now(lim, used_mb * MIB_KB, since, now) == expected_mb * MIB_KB
+
+
+def test_block_limit_now_without_a_soft_limit_is_the_hard_limit() -> None:
+    assert quota.block_limit_now(limits(100), 200 * MIB_KB, 1, 10**9) == 100 * MIB_KB

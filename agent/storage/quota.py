@@ -17,7 +17,9 @@ CAP_SYS_RESOURCE, so neither in-image quotas nor online resizing are available):
   was made for resizes the file system (online needs CAP_SYS_RESOURCE, offline always works);
 * the inode limit is the file system's inode count, fixed when the image is made: changing it
   rebuilds the image (files copied), which needs a stopped container;
-* soft limits and QUOTATIME are reported by ``vzquota stat`` (with the grace clock), not enforced.
+* the block soft limit: once usage has stayed above it past QUOTATIME, the agent (checking every
+  few seconds) holds the container at its current usage until it is back under the soft limit;
+  inode soft limits are reported by ``vzquota stat`` (with the grace clock), not enforced.
 
 The pure part (limits, image sizes, change plans, grace) comes first and is table-tested; the thin
 layer below it runs mkfs.ext4, mount, resize2fs and rsync through :mod:`agent.proc`.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -234,8 +237,9 @@ def plan_change(ctid: int, old: DiskLimits | None, new: DiskLimits | None, usage
         if usage.used_kb > new.hard_kb:
             notes.append(f"usage {usage.used_kb} KiB is above the new hard limit: writes fail until files are "
                          f"removed")
-    if old is None or (new.soft_kb, new.inodes_soft, new.quotatime) != (old.soft_kb, old.inodes_soft, old.quotatime):
-        notes.append("soft limits and --quotatime are reported by `vzquota stat`, not enforced")
+    changed = old is None or (new.inodes_soft, new.quotatime) != (old.inodes_soft, old.quotatime)
+    if changed and new.inodes_soft is not None and new.inodes_soft != new.inodes_hard:
+        notes.append("the inode soft limit is reported by `vzquota stat`, not enforced")
     return Plan(limit=usage.reserve is not None, grow=grow, notes=tuple(notes))
 
 
@@ -249,6 +253,17 @@ def grace_since(since: int, usage: int, soft: int | None, now: int) -> int:
 def grace_expires(since: int, quotatime: int) -> int:
     """Unix time at which the grace period ends (0: soft limit not exceeded)."""
     return since + quotatime if since else 0
+
+
+def block_limit_now(limits: DiskLimits, used_kb: int, since: int, now: int) -> int:
+    """The disk space (KiB) to hold a container to at this moment: its hard limit, or, once its
+    usage has stayed above the soft limit past the grace period, its current usage (no more
+    growth until it is back under the soft limit: the soft limit became a hard one)."""
+    if limits.soft_kb >= limits.hard_kb or used_kb <= limits.soft_kb or not since:
+        return limits.hard_kb
+    if now < grace_expires(since, limits.quotatime):
+        return limits.hard_kb
+    return min(limits.hard_kb, used_kb)
 
 
 def parse_dumpe2fs(text: str) -> dict[str, str]:
@@ -808,6 +823,52 @@ class QuotaStat:
     now: int
 
 
+def _track_grace(layout: NodeLayout, ctid: int, usage: FsUsage, limits: DiskLimits, now: int) -> tuple[int, int]:
+    """(since when blocks, inodes have been above their soft limits; 0: not above), kept in a file
+    beside the image so that the clock survives agent restarts."""
+    grace = _grace_file(layout, ctid)
+    try:
+        seen = json.loads(grace.read_text())
+        b_since, i_since = int(seen.get("blocks", 0)), int(seen.get("inodes", 0))
+    except (OSError, ValueError, AttributeError):
+        b_since = i_since = 0
+    isoft = limits.inodes_soft if limits.inodes_soft is not None else usage.inodes
+    new = (grace_since(b_since, usage.used_kb, limits.soft_kb, now),
+           grace_since(i_since, usage.used_inodes, isoft, now))
+    if new != (b_since, i_since) or not grace.exists():
+        with contextlib.suppress(OSError):
+            tmp = grace.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"blocks": new[0], "inodes": new[1]}))
+            os.replace(tmp, grace)
+    return new
+
+
+async def enforce_soft_limit(layout: NodeLayout, ctid: int, now: int | None = None) -> str | None:
+    """Hold a mounted disk image to its soft block limit once the grace period has run out, and
+    give the hard limit back when usage is under the soft limit again. Returns what changed."""
+    image = image_path(layout, ctid)
+    private = layout.private(ctid)
+    if not image.exists() or not mounts.is_mountpoint(private):
+        return None
+    values = _load_values(layout, ctid)
+    if values is None:
+        return None
+    limits = limits_of(values, str(layout.conf_file(ctid)))
+    if limits.soft_kb >= limits.hard_kb:
+        return None
+    now = int(time.time()) if now is None else now
+    usage = await _usage(layout, ctid)
+    b_since, _ = _track_grace(layout, ctid, usage, limits, now)
+    want = block_limit_now(limits, usage.used_kb, b_since, now)
+    if usage.reserve is not None and usage.effective_hard_kb(limits) == want:
+        return None
+    await _set_limit(image, private, dataclasses.replace(limits, hard_kb=want, soft_kb=min(want, limits.soft_kb)))
+    if want < limits.hard_kb:
+        return (f"container {ctid}: {usage.used_kb} KiB used, above the soft limit {limits.soft_kb} KiB for longer "
+                f"than the grace period ({limits.quotatime} s): held at its usage")
+    return f"container {ctid}: hard limit {limits.hard_kb} KiB in force again"
+
+
 async def stat(layout: NodeLayout, ctid: int) -> QuotaStat:
     """Usage and limits of container ctid's disk image; STATE error for a plain private area."""
     values = _load_values(layout, ctid)
@@ -821,22 +882,11 @@ async def stat(layout: NodeLayout, ctid: int) -> QuotaStat:
     limits = limits_of(values, str(layout.conf_file(ctid)))
     usage = await _usage(layout, ctid)
     now = int(time.time())
-    grace = _grace_file(layout, ctid)
-    try:
-        seen = json.loads(grace.read_text())
-        b_since, i_since = int(seen.get("blocks", 0)), int(seen.get("inodes", 0))
-    except (OSError, ValueError, AttributeError):
-        b_since = i_since = 0
     inode_cap = usage.inodes
     isoft = limits.inodes_soft if limits.inodes_soft is not None else inode_cap
-    b_since = grace_since(b_since, usage.used_kb, limits.soft_kb, now)
-    i_since = grace_since(i_since, usage.used_inodes, isoft, now)
-    with contextlib.suppress(OSError):
-        tmp = grace.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"blocks": b_since, "inodes": i_since}))
-        os.replace(tmp, grace)
-    notes = ["soft limits and grace are reported, not enforced; the hard limits are enforced by the "
-             "container's file system"]
+    b_since, i_since = _track_grace(layout, ctid, usage, limits, now)
+    notes = ["the block hard limit is enforced by the container's file system; past the grace period the "
+             "block soft limit is enforced too (checked every few seconds); inode soft limits are reported only"]
     if limits.inodes_hard is not None and inode_cap > limits.inodes_hard:
         notes.append(f"the file system has {inode_cap} inodes (ext4 rounds the count up)")
     return QuotaStat(

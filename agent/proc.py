@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.errors import Kind, VzError
@@ -74,3 +75,45 @@ async def run(
     if check and not res.ok:
         raise VzError(Kind.FAILED, f"{what or shlex.join(cmd[:3])} failed: {res.err_tail()}")
     return res
+
+
+STREAM_KEEP = 64 << 10  # bytes of stdout a streamed run keeps for its Result (the tail)
+
+
+async def run_streaming(argv: Sequence[str], on_line: Callable[[str], None], *, timeout: float = 60.0,
+                        env: Mapping[str, str] | None = None, what: str | None = None) -> Result:
+    """Like run(check=False), but every stdout line (ended by \\n or \\r, as progress meters write
+    them) goes to on_line as it arrives; the Result keeps the last STREAM_KEEP bytes of stdout."""
+    cmd = tuple(argv)
+    full_env = None if env is None else {**os.environ, **env}
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True, env=full_env)
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout, stderr = proc.stdout, proc.stderr
+    kept = bytearray()
+
+    async def pump() -> None:
+        pending = b""
+        while chunk := await stdout.read(4096):
+            kept.extend(chunk)
+            del kept[:-STREAM_KEEP]
+            pending += chunk
+            *lines, pending = re.split(rb"[\r\n]", pending)
+            for line in lines:
+                if line.strip():
+                    on_line(line.decode(errors="replace"))
+
+    try:
+        _, err = await asyncio.wait_for(asyncio.gather(pump(), stderr.read()), timeout)
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise VzError(Kind.FAILED, f"{what or cmd[0]} timed out after {timeout:g} s") from None
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    return Result(cmd, proc.returncode if proc.returncode is not None else -1, bytes(kept), err)

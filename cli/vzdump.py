@@ -31,6 +31,7 @@ from cli.client import (
     resolve_socket,
     run_main,
 )
+from cli.progress import human_size
 from vzapi import container_pb2 as cpb
 from vzapi import storage_pb2 as pb
 from vzapi import storage_pb2_grpc as pb_grpc
@@ -112,19 +113,14 @@ class Display:
 
 
 def progress_text(msg: pb.BackupProgress, elapsed: float) -> str:
-    rate = _size(msg.bytes_done / elapsed) + "/s" if elapsed > 0 else ""
+    rate = human_size(msg.bytes_done / elapsed) + "/s" if elapsed > 0 else ""
     if msg.bytes_total:
         done = min(msg.bytes_done, msg.bytes_total)  # tar headers make the stream a little longer
-        return f"  {msg.phase}: {done * 100 // msg.bytes_total:3d}% {_size(done)} of {_size(msg.bytes_total)}, {rate}"
-    return f"  {msg.phase}: {_size(msg.bytes_done)}, {msg.files_done} files, {rate}"
+        return (f"  {msg.phase}: {done * 100 // msg.bytes_total:3d}% {human_size(done)} of "
+                f"{human_size(msg.bytes_total)}, {rate}")
+    return f"  {msg.phase}: {human_size(msg.bytes_done)}, {msg.files_done} files, {rate}"
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n:.1f}TiB"
 
 
 def run_log_name(when: datetime) -> str:
@@ -171,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             result = follow(backups.Restore(req), show)
             if result is not None and not args.quiet:
                 print(f"Container {result.ctid} restored from {result.archive}: {result.files} files, "
-                      f"{_size(result.bytes)}")
+                      f"{human_size(result.bytes)}")
             return 0
         return _dump_all(agent, backups, args, show)
 

@@ -20,6 +20,7 @@ from cli.client import (
     resolve_socket,
     run_main,
 )
+from cli.progress import StageLines
 from vzapi import container_pb2 as cpb
 from vzapi import migration_pb2 as pb
 from vzapi import migration_pb2_grpc as pb_grpc
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         keep_source=args.remove_area == "no", keep_dst=args.keep_dst, check_only=args.check_only,
         mode=args.mode, skip_checks=skip_list(args.nodeps))
     agent = Agent(find_source(args))
+    lines = StageLines(sys.stderr)
     final: pb.MigrateEvent | None = None
     err: CliError | None = None
     try:
@@ -143,11 +145,11 @@ def run(args: argparse.Namespace) -> int:
             if ev.done:
                 final = ev
             elif not args.json:
-                size = f" [{ev.bytes >> 10}/{ev.total >> 10} KiB]" if ev.total else ""
-                print(f"{ev.stage:>9}: {ev.message}{size}", file=sys.stderr)
+                lines.event(ev.stage, ev.message, ev.bytes, ev.total)
     except grpc.RpcError as e:
         err = error_from_rpc(e)
     finally:
+        lines.clear()
         agent.close()
     if args.json:
         out = {"ok": err is None, "ctid": args.ctid, "destination": args.destination,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import VzError
-from agent.migration import images, journal
+from agent.migration import images, journal, source
 from agent.migration.destination import Facts, check_compat
 from agent.migration.source import POSTCOPY_MIN_BYTES, choose_mode
 
@@ -130,3 +130,14 @@ def test_journal_round_trip_and_pending(tmp_path: Path) -> None:
     assert journal.pending(tmp_path, "in") == []
     journal.remove(tmp_path, "out", 101)
     assert journal.load(tmp_path, "out", 101) is None
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("    32,768 100%   31.25MB/s    0:00:00 (xfr#1, to-chk=0/3)", 100),
+    ("  1,234,567,890  45%  112.30MB/s    0:00:10", 45),
+    ("          0   0%    0.00kB/s    0:00:00", 0),
+    ("sending incremental file list", None),
+    ("Total bytes sent: 1,234", None),
+])
+def test_rsync_percent(line: str, expected: int | None) -> None:
+    assert source.rsync_percent(line) == expected

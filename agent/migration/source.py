@@ -41,6 +41,7 @@ PEER_TIMEOUT_S = 300.0
 COMMIT_RETRY_S = 30.0
 RUNC_READERS_WAIT_S = 2.0
 RECONCILE_PERIOD_S = 5.0
+PROGRESS_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -166,11 +167,35 @@ async def dir_bytes(path: Path) -> int:
 _RSYNC_SENT = re.compile(rb"Total bytes sent: ([\d,.]+)")
 
 
-async def run_rsync(src: Path, url: str, password: str, *, final: bool) -> tuple[int, float]:
-    """Push the private area; returns (bytes sent, seconds)."""
+_RSYNC_PROGRESS = re.compile(r"^\s*[\d,.]+\s+(\d+)%\s")
+
+
+def rsync_percent(line: str) -> int | None:
+    """Pure: the overall percentage of an `rsync --info=progress2` line, else None."""
+    m = _RSYNC_PROGRESS.match(line)
+    return int(m.group(1)) if m else None
+
+
+async def run_rsync(src: Path, url: str, password: str, *, final: bool,
+                    on_percent: Callable[[int], None] | None = None) -> tuple[int, float]:
+    """Push the private area; returns (bytes sent, seconds). With on_percent, rsync reports its
+    overall progress (the file list is built first, for a true percentage) and on_percent gets it
+    at most every PROGRESS_EVERY_S."""
     t0 = time.monotonic()
-    res = await proc.run(rsyncd.rsync_argv(src, url, final=final), env={"RSYNC_PASSWORD": password},
-                         timeout=3600, check=False, what="rsync")
+    argv = rsyncd.rsync_argv(src, url, final=final)
+    env = {"RSYNC_PASSWORD": password}
+    if on_percent is None:
+        res = await proc.run(argv, env=env, timeout=3600, check=False, what="rsync")
+    else:
+        last = [0.0]
+
+        def on_line(line: str) -> None:
+            pct = rsync_percent(line)
+            if pct is not None and time.monotonic() - last[0] >= PROGRESS_EVERY_S:
+                last[0] = time.monotonic()
+                on_percent(pct)
+        argv = [argv[0], "--info=progress2", "--no-inc-recursive", *argv[1:]]
+        res = await proc.run_streaming(argv, on_line, env=env, timeout=3600, what="rsync")
     # 24: files vanished while being copied; normal for a running container's pre-copy (the final
     # sync, made while it is frozen, brings the tree to its last state)
     if not res.ok and not (res.returncode == 24 and not final):
@@ -275,9 +300,11 @@ class Source:
             failpoints.hit("src-after-prepare")
 
             presync_started = time.time() - fsdelta.timestamp_margin(lay.private(ctid))
+            def copied(pct: int) -> None:
+                prog.say("presync", "copying the filesystem", private_bytes * pct // 100, private_bytes)
             sent, secs = await self._stage(prog, "presync", f"copying the filesystem ({private_bytes >> 20} MiB)",
                                            lambda: run_rsync(lay.private(ctid), reply.rsync_url,
-                                                             reply.rsync_password, final=False))
+                                                             reply.rsync_password, final=False, on_percent=copied))
             # a small sync says more about rsync's start-up than about the link: trust big ones only
             rate = sent / secs if secs > 0 and sent > 32 << 20 else None
             if online:

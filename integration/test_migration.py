@@ -679,6 +679,11 @@ def locks_in(mc: Cluster2, node: Node, ctid: int) -> list[tuple[str, ...]]:
     return sorted(tuple(r[1:5] + r[6:8]) for r in rows if len(r) >= 8)
 
 
+def disk_grace_expires(mc: Cluster2, node: Node, ctid: int) -> int:
+    out = mc.ok("vzquota", "--node", node.name, "stat", str(ctid), "-j")
+    return int(json.loads(out)["resources"]["1k-blocks"]["grace_expires"] or 0)
+
+
 def limits_of(node: Node, ctid: int) -> dict[str, str | None]:
     from agent.cgroups.apply import read_value
     from agent.cgroups.hierarchy import detect
@@ -688,11 +693,11 @@ def limits_of(node: Node, ctid: int) -> dict[str, str | None]:
 
 def test_what_survives_a_live_move_and_the_destination_adopts_the_container(mc: Cluster2, make_ct: MakeCt) -> None:
     """Locks, timers, the process tree, hostname, IP, a veth's MAC, cgroup limits and the disk quota
-    are the same after the move, and the destination's agent manages the container (set, exec, stop)."""
+    (with its grace clock) are the same after the move, and the destination's agent manages the container (set, exec, stop)."""
     n1, n2 = mc.nodes
     ctid = make_ct(n1, 161, start=False)
     mc.ok("vzctl", "--node", n1.name, "set", str(ctid), "--hostname", "surv161", "--ram", "256M",
-          "--numproc", "100", "--cpuunits", "2000", "--cpulimit", "50", "--diskspace", "300M:300M",
+          "--numproc", "100", "--cpuunits", "2000", "--cpulimit", "50", "--diskspace", "1M:300M", "--quotatime", "3600",
           "--netif_add", "eth1,00:18:51:5A:01:61,veth161.1,00:18:51:5B:01:61,vzbr0", "--save")
     mc.ok("vzctl", "--node", n1.name, "start", str(ctid))
     ip = ip_of(ctid)
@@ -706,6 +711,8 @@ def test_what_survives_a_live_move_and_the_destination_adopts_the_container(mc: 
     locks = locks_in(mc, n1, ctid)
     assert {lk[0] for lk in locks} >= {"FLOCK", "POSIX"}, locks
     disk = inside(mc, n1, ctid, "df -k / | tail -1").split()[1]
+    grace = disk_grace_expires(mc, n1, ctid)
+    assert grace > time.time() + 3000, "the soft limit (1M) is exceeded: its grace clock runs"
     mac = inside(mc, n1, ctid, "cat /sys/class/net/eth1/address").strip()
     assert mac == "00:18:51:5a:01:61", mac
     limits = limits_of(n1, ctid)
@@ -720,6 +727,7 @@ def test_what_survives_a_live_move_and_the_destination_adopts_the_container(mc: 
     assert locks_in(mc, n2, ctid) == locks
     assert inside(mc, n2, ctid, "hostname").strip() == "surv161"
     assert inside(mc, n2, ctid, "df -k / | tail -1").split()[1] == disk
+    assert disk_grace_expires(mc, n2, ctid) == grace
     assert inside(mc, n2, ctid, "cat /sys/class/net/eth1/address").strip() == mac
     assert limits_of(n2, ctid) == limits
     assert counter(mc, ip) >= before

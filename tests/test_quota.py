@@ -13,6 +13,7 @@ import pytest
 from agent.config.conffile import ConfFile
 from agent.config.params import ContainerConfig
 from agent.errors import Kind, VzError
+from agent.layout import NodeLayout
 from agent.storage import quota
 from agent.storage.quota import DiskLimits, FsUsage
 
@@ -298,3 +299,14 @@ def test_block_limit_now(used_mb: int, since: int, now: int, expected_mb: int) -
 
 def test_block_limit_now_without_a_soft_limit_is_the_hard_limit() -> None:
     assert quota.block_limit_now(limits(100), 200 * MIB_KB, 1, 10**9) == 100 * MIB_KB
+
+
+def test_grace_clocks_taken_over_from_a_migration_source(tmp_path: Path) -> None:
+    lay = NodeLayout.at(tmp_path, "n1")
+    quota.images_dir(lay).mkdir(parents=True)
+    assert quota.grace_clock(lay, 101) == (0, 0)
+    now = 1_800_000_000
+    quota.set_grace_clock(lay, 101, now - 300, 0, now=now)
+    assert quota.grace_clock(lay, 101) == (now - 300, 0)
+    quota.set_grace_clock(lay, 102, now + 3600, 5, now=now)  # the future and nonsense are not believed
+    assert quota.grace_clock(lay, 102) == (0, 0)

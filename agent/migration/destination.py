@@ -117,8 +117,8 @@ class Destination:
         return inc
 
     async def prepare(self, mid: str, ctid: int, conf_text: str, src: Facts, *, online: bool,
-                      check_only: bool, private_bytes: int, skip: Sequence[str]) -> tuple[Facts, list[str], bool,
-                                                                                          str, str]:
+                      check_only: bool, private_bytes: int, skip: Sequence[str],
+                      grace: tuple[int, int] = (0, 0)) -> tuple[Facts, list[str], bool, str, str]:
         """Checks that change nothing; then (unless check_only) an empty private area and rsyncd."""
         dst = await node_facts(self.m)
         checks: list[str] = []
@@ -161,6 +161,7 @@ class Destination:
                 # a disk image with the same limits, in force before the container resumes here
                 await asyncio.to_thread(shutil.rmtree, self.incoming_dir(ctid), True)
                 await quota.prepare_private(lay, ctid, conf)
+                quota.set_grace_clock(lay, ctid, *grace, now=int(time.time()))  # the soft limit's clock goes on
             else:
                 if self.incoming_dir(ctid).exists():
                     os.rename(self.incoming_dir(ctid), lay.private(ctid))

@@ -269,6 +269,7 @@ class Source:
         mounted_for_copy = await quota.mount_private(lay, ctid)
         src = await node_facts(self.m)
         private_bytes = await dir_bytes(lay.private(ctid))
+        grace = quota.grace_clock(lay, ctid)  # a soft disk limit's grace period goes on over there
         mid = uuid.uuid4().hex[:12]
         channel = peer_channel(req.destination, self.tls)
         peer = pb_grpc.MigrationPeerStub(channel)
@@ -280,7 +281,9 @@ class Source:
                 reply = await self._stage(prog, "preflight", f"checking {req.destination}", lambda: peer.Prepare(
                     pb.PrepareRequest(id=mid, ctid=ctid, config=conf_text, source=facts_pb(src), online=online,
                                       check_only=req.check_only, private_bytes=private_bytes,
-                                      skip_checks=list(req.skip_checks)), timeout=60))
+                                      skip_checks=list(req.skip_checks),
+                                      disk_grace_blocks_since=grace[0], disk_grace_inodes_since=grace[1]),
+                    timeout=60))
             except grpc.RpcError as e:
                 raise _rpc_error(e, f"destination {req.destination} refused the preflight") from None
             prog.checks = list(reply.checks)

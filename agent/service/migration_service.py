@@ -44,7 +44,8 @@ class MigrationPeer(pb_grpc.MigrationPeerServicer):
             raise VzError(Kind.INVALID, "invalid migration id")
         dst, checks, ok, url, password = await self.d.prepare(
             request.id, request.ctid, request.config, facts_from_pb(request.source), online=request.online,
-            check_only=request.check_only, private_bytes=request.private_bytes, skip=list(request.skip_checks))
+            check_only=request.check_only, private_bytes=request.private_bytes, skip=list(request.skip_checks),
+            grace=(request.disk_grace_blocks_since, request.disk_grace_inodes_since))
         return pb.PrepareReply(destination=facts_pb(dst), checks=checks, ok=ok, rsync_url=url,
                                rsync_password=password)
 

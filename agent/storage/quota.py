@@ -823,15 +823,34 @@ class QuotaStat:
     now: int
 
 
+def grace_clock(layout: NodeLayout, ctid: int) -> tuple[int, int]:
+    """(since when blocks, inodes have been above their soft limits; 0: not) as last recorded."""
+    try:
+        seen = json.loads(_grace_file(layout, ctid).read_text())
+        return int(seen.get("blocks", 0)), int(seen.get("inodes", 0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0, 0
+
+
+def set_grace_clock(layout: NodeLayout, ctid: int, blocks_since: int, inodes_since: int, now: int) -> None:
+    """Take over grace clocks from elsewhere (a migration's source); times in the future or
+    before 2000 are not believed (0: the clock starts again here)."""
+    def sane(t: int) -> int:
+        return t if 946684800 <= t <= now + 60 else 0
+    clock = {"blocks": sane(blocks_since), "inodes": sane(inodes_since)}
+    if clock == {"blocks": 0, "inodes": 0}:
+        return
+    grace = _grace_file(layout, ctid)
+    tmp = grace.with_suffix(".tmp")
+    tmp.write_text(json.dumps(clock))
+    os.replace(tmp, grace)
+
+
 def _track_grace(layout: NodeLayout, ctid: int, usage: FsUsage, limits: DiskLimits, now: int) -> tuple[int, int]:
     """(since when blocks, inodes have been above their soft limits; 0: not above), kept in a file
     beside the image so that the clock survives agent restarts."""
     grace = _grace_file(layout, ctid)
-    try:
-        seen = json.loads(grace.read_text())
-        b_since, i_since = int(seen.get("blocks", 0)), int(seen.get("inodes", 0))
-    except (OSError, ValueError, AttributeError):
-        b_since = i_since = 0
+    b_since, i_since = grace_clock(layout, ctid)
     isoft = limits.inodes_soft if limits.inodes_soft is not None else usage.inodes
     new = (grace_since(b_since, usage.used_kb, limits.soft_kb, now),
            grace_since(i_since, usage.used_inodes, isoft, now))

@@ -693,7 +693,8 @@ def limits_of(node: Node, ctid: int) -> dict[str, str | None]:
 
 def test_what_survives_a_live_move_and_the_destination_adopts_the_container(mc: Cluster2, make_ct: MakeCt) -> None:
     """Locks, timers, the process tree, hostname, IP, a veth's MAC, cgroup limits and the disk quota
-    (with its grace clock) are the same after the move, and the destination's agent manages the container (set, exec, stop)."""
+    (with its grace clock) are the same after the move, and the destination's agent manages the
+    container (set, exec, stop)."""
     n1, n2 = mc.nodes
     ctid = make_ct(n1, 161, start=False)
     mc.ok("vzctl", "--node", n1.name, "set", str(ctid), "--hostname", "surv161", "--ram", "256M",

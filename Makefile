@@ -20,8 +20,8 @@ run: install
 	@bash scripts/demo.sh
 
 check:
-	$(VENV)/bin/ruff check agent scheduler cli tests integration
-	$(VENV)/bin/mypy agent scheduler cli
+	$(VENV)/bin/ruff check agent scheduler cli tests integration bench
+	$(VENV)/bin/mypy agent scheduler cli bench/migration.py
 	$(VENV)/bin/lint-imports
 
 test: install

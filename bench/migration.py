@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import itertools
 import json
 import os
@@ -42,7 +41,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from cli.client import CliError  # noqa: E402
-from cli.localcluster import LocalCluster, in_netns  # noqa: E402
+from cli.localcluster import LocalCluster, in_netns, setns_net  # noqa: E402
 
 BENCH_ROOT = Path("/tmp")
 BASE_PREFIX = "vzfleet-bench-"
@@ -50,7 +49,6 @@ PREFIX_HEAD = "vzb"
 DEFAULT_SUBNET = "10.216.0.0/24"
 OWNER_FILE = "owner"
 NETNS_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 UPLINK = "eth0"  # a local-cluster node's interface on the LAN
 VENET_CT_IF = "venet0"
 PORT = 80
@@ -68,9 +66,6 @@ TARGETS: dict[str, list[tuple[str, Callable[[dict[str, Any]], bool]]]] = {
     "mem": [("median downtime <= 0.5 s", lambda s: s["ours"]["downtime"]["median"] <= 0.5),
             ("downtime <= 1/3 of the baseline's", lambda s: s["ratios"]["downtime"] <= 1 / 3)],
 }
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
@@ -98,17 +93,6 @@ def run(argv: list[str], *, timeout: float = 120, check: bool = True, env: dict[
         err = (res.stderr or res.stdout or "").strip()[-600:]
         raise BenchError(f"`{' '.join(argv[:8])}` failed ({res.returncode}): {err}")
     return res
-
-
-def setns_net(netns: str) -> None:
-    """Move the calling thread (only it) into network namespace netns."""
-    fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {netns}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def exchange(host: str, port: int, payload: bytes, timeout: float = 5.0) -> bytes:
@@ -922,7 +906,8 @@ PROBE_TEXT = ("client: a new TCP connection + `GET / HTTP/1.0` every 10 ms from 
               "requests from 0.5 s before a move until 0.5 s after it ended and an answer came back")
 BASELINE_TEXT = ("baseline: plain runc between the two nodes' runc roots, scripted by hand: pre-sync of the "
                  "private area and destination netns/venet/bundle before the freeze; then source venet down, "
-                 "`runc checkpoint --tcp-established` (CRIU options: runc's defaults + skip-in-flight), rsync of private area + images (local, in parallel, "
+                 "`runc checkpoint --tcp-established` (CRIU options: runc's defaults + skip-in-flight), rsync of "
+                 "private area + images (local, in parallel, "
                  "uncompressed), `runc restore --detach`, host route + proxy ARP + gratuitous ARP on the "
                  "destination; not included: image compression, checksums, preflight checks, rollback")
 

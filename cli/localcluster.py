@@ -298,19 +298,24 @@ _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
 
 
+def setns_net(netns: str) -> None:
+    """Move the calling thread (only it) into network namespace netns."""
+    fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {netns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def in_netns(netns: str, fn: Callable[[], T], timeout: float = 10.0) -> T:
     """Run fn in a fresh thread that entered network namespace netns (setns affects that thread only)."""
     box: dict[str, Any] = {}
 
     def worker() -> None:
         try:
-            fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
+            setns_net(netns)
             box["result"] = fn()
         except BaseException as e:
             box["error"] = e

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from agent.layout import NodeLayout  # noqa: E402
 from cli.client import CliError  # noqa: E402
 from cli.localcluster import LocalCluster, in_netns, setns_net  # noqa: E402
 
@@ -419,7 +420,7 @@ def _field(line: bytes, name: bytes) -> int | None:
 
 @dataclass(frozen=True)
 class Node:
-    """A node of the local cluster and the product's layout on it (agent/layout.py, read-only here)."""
+    """A node of the local cluster; the paths of its state are the product's (agent/layout.py)."""
 
     name: str
     netns: str
@@ -427,26 +428,30 @@ class Node:
     root: Path
 
     @property
+    def layout(self) -> NodeLayout:
+        return NodeLayout(node=self.name, root=self.root)
+
+    @property
     def runc_root(self) -> Path:
-        return self.root / "run/vzfleet/runc"
+        return self.layout.runc_root
 
     def conf(self, ct: int) -> Path:
-        return self.root / f"etc/vz/conf/{ct}.conf"
+        return self.layout.conf_file(ct)
 
     def private(self, ct: int) -> Path:
-        return self.root / f"var/lib/vz/private/{ct}"
+        return self.layout.private(ct)
 
     def ve_root(self, ct: int) -> Path:
-        return self.root / f"var/lib/vz/root/{ct}"
+        return self.layout.ve_root(ct)
 
     def bundle(self, ct: int) -> Path:
-        return self.root / f"run/vzfleet/bundles/{ct}"
+        return self.layout.bundle(ct)
 
     def ct_netns(self, ct: int) -> str:
-        return f"vz-{self.name}-{ct}"
+        return self.layout.netns_name(ct)
 
     def cgroup(self, ct: int) -> str:
-        return f"/vzfleet/{self.name}/{ct}"
+        return self.layout.cgroup_path(ct)
 
     def scratch(self, ct: int) -> Path:
         return self.root / f"bench-baseline/{ct}"

@@ -31,6 +31,9 @@ from typing import Any
 
 import pytest
 
+from agent.cgroups.apply import read_value
+from agent.cgroups.hierarchy import detect
+from agent.layout import NodeLayout
 from cli.localcluster import LocalCluster, http_get, in_netns
 from integration.cluster import (
     agent_environ,
@@ -89,7 +92,7 @@ cat /tmp/counter
 
 @dataclass(frozen=True)
 class Node:
-    """One node of the test cluster and the paths of its state (the OpenVZ layout under its root)."""
+    """One node of the test cluster; the paths of its state are the product's (agent/layout.py)."""
 
     name: str
     netns: str
@@ -97,37 +100,41 @@ class Node:
     root: Path
 
     @property
+    def layout(self) -> NodeLayout:
+        return NodeLayout(node=self.name, root=self.root)
+
+    @property
     def runc_root(self) -> Path:
-        return self.root / "run/vzfleet/runc"
+        return self.layout.runc_root
 
     @property
     def agent_log(self) -> Path:
-        return self.root / "var/log/vzfleet/agent.log"
+        return self.layout.log_file
 
     @property
     def private_dir(self) -> Path:
-        return self.root / "var/lib/vz/private"
+        return self.layout.private_dir
 
     def conf(self, ctid: int, suffix: str = "") -> Path:
-        return self.root / "etc/vz/conf" / f"{ctid}.conf{suffix}"
+        return self.layout.conf_dir / f"{ctid}.conf{suffix}"
 
     def private(self, ctid: int) -> Path:
-        return self.private_dir / str(ctid)
+        return self.layout.private(ctid)
 
     def incoming(self, ctid: int) -> Path:
         return self.private_dir / f".{ctid}.incoming"
 
     def ve_root(self, ctid: int) -> Path:
-        return self.root / "var/lib/vz/root" / str(ctid)
+        return self.layout.ve_root(ctid)
 
     def bundle(self, ctid: int) -> Path:
-        return self.root / "run/vzfleet/bundles" / str(ctid)
+        return self.layout.bundle(ctid)
 
     def journal(self, direction: str, ctid: int) -> Path:
-        return self.root / "run/vzfleet/migrations" / f"{direction}-{ctid}.json"
+        return self.layout.run_dir / "migrations" / f"{direction}-{ctid}.json"
 
     def ct_netns(self, ctid: int) -> str:
-        return f"vz-{self.name}-{ctid}"
+        return self.layout.netns_name(ctid)
 
 
 @dataclass
@@ -685,10 +692,7 @@ def disk_grace_expires(mc: Cluster2, node: Node, ctid: int) -> int:
 
 
 def limits_of(node: Node, ctid: int) -> dict[str, str | None]:
-    from agent.cgroups.apply import read_value
-    from agent.cgroups.hierarchy import detect
-
-    return {f"{c}/{f}": read_value(detect(), f"/vzfleet/{node.name}/{ctid}", c, f) for c, f in SURVIVING_LIMITS}
+    return {f"{c}/{f}": read_value(detect(), node.layout.cgroup_path(ctid), c, f) for c, f in SURVIVING_LIMITS}
 
 
 def test_what_survives_a_live_move_and_the_destination_adopts_the_container(mc: Cluster2, make_ct: MakeCt) -> None:

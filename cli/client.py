@@ -5,6 +5,7 @@ Exit codes are stable and documented in docs/exit-codes.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -201,3 +202,11 @@ def die(prog: str, err: CliError) -> NoReturn:
 
 def ct(ref: str) -> pb.CtRef:
     return pb.CtRef(ctid=ref)
+
+
+def add_agent_options(p: argparse.ArgumentParser,
+                      node_help: str = "a node of the local cluster (`vzfleet up --nodes N`; base $VZFLEET_CLUSTER)"
+                      ) -> None:
+    """--socket and --node: which agent a command talks to (resolved by find_socket)."""
+    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
+    p.add_argument("--node", metavar="NAME", help=node_help)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cli import capacity, nodefacts
-from cli.client import EXIT_NOT_FOUND, CliError, run_main
+from cli.client import EXIT_NOT_FOUND, CliError, add_agent_options, run_main
 
 PROG = "vzcalc"
 
@@ -18,8 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "limits) share of the node's memory and tasks used by a container, in %%.",
         epilog="exit codes: 0 ok, 2 invalid usage, 3 agent not running, 4 no such container.")
     p.add_argument("-v", "--verbose", action="store_true", help="a line per resource before the total")
-    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
-    p.add_argument("--node", metavar="NAME", help="a node of the local cluster (`vzfleet up --nodes N`)")
+    add_agent_options(p)
     p.add_argument("ctid", metavar="CTID", help="container ID or name")
     return p
 

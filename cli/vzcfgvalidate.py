@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cli import capacity
-from cli.client import EXIT_FAILED, CliError, agent_for, call, default_root, resolve_socket, run_main
+from cli.client import EXIT_FAILED, CliError, add_agent_options, agent_for, call, default_root, resolve_socket, run_main
 from vzapi import resources_pb2 as rpb
 from vzapi import resources_pb2_grpc as rpb_grpc
 
@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("-i", "--interactive", action="store_true", help="interactive repair: ask before each fix")
     p.add_argument("--require-agent", action="store_true",
                    help="fail when the agent cannot be asked for the node's capacity (default: check the file alone)")
-    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
-    p.add_argument("--node", metavar="NAME", help="a node of the local cluster (`vzfleet up --nodes N`)")
+    add_agent_options(p)
     p.add_argument("config", type=Path, help="the config file")
     return p
 

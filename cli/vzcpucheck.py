@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cli import capacity, nodefacts
-from cli.client import run_main
+from cli.client import add_agent_options, run_main
 
 PROG = "vzcpucheck"
 
@@ -19,8 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the power, a container with U cpuunits is guaranteed U / power of the node's CPU time.",
         epilog="exit codes: 0 ok, 3 agent not running.")
     p.add_argument("-v", "--verbose", action="store_true", help="also print the cpuunits of each container")
-    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
-    p.add_argument("--node", metavar="NAME", help="a node of the local cluster (`vzfleet up --nodes N`)")
+    add_agent_options(p)
     return p
 
 

@@ -12,6 +12,7 @@ from cli.client import (
     EXIT_USAGE,
     Agent,
     CliError,
+    add_agent_options,
     agent_for,
     call,
     ct,
@@ -71,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quiet", action="store_true", help="print only errors")
     p.add_argument("--verbose", action="store_true", help="print what is being done")
-    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
-    p.add_argument("--node", metavar="NAME",
-                   help="talk to this node of the local cluster (`vzfleet up --nodes N`; base $VZFLEET_CLUSTER)")
+    add_agent_options(p, "talk to this node of the local cluster (`vzfleet up --nodes N`; base $VZFLEET_CLUSTER)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, help: str, *aliases: str, params: bool = False) -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from cli.client import (
     EXIT_USAGE,
     Agent,
     CliError,
+    add_agent_options,
     agent_for,
     call,
     default_root,
@@ -71,8 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore", metavar="FILE", help="restore the archive FILE as container CTID")
     p.add_argument("--force", action="store_true", help="with --restore: replace an existing (stopped) container")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
-    p.add_argument("--node", metavar="NAME", help="talk to this node of the local cluster")
+    add_agent_options(p, "talk to this node of the local cluster")
     p.set_defaults(mode="")
     return p
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cli import listing
-from cli.client import EXIT_USAGE, CliError, agent_for, call, default_root, resolve_socket, run_main
+from cli.client import EXIT_USAGE, CliError, add_agent_options, agent_for, call, default_root, resolve_socket, run_main
 from vzapi import container_pb2 as pb
 
 PROG = "vzlist"
@@ -31,9 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-h", "--hostname", metavar="PATTERN", help="only host names matching the glob PATTERN")
     p.add_argument("-d", "--description", metavar="PATTERN", help="only descriptions matching PATTERN")
     p.add_argument("-L", "--list", action="store_true", help="list the available fields")
-    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
-    p.add_argument("--node", metavar="NAME",
-                   help="list this node of the local cluster (`vzfleet up --nodes N`; base $VZFLEET_CLUSTER)")
+    add_agent_options(p, "list this node of the local cluster (`vzfleet up --nodes N`; base $VZFLEET_CLUSTER)")
     p.add_argument("ctids", nargs="*", metavar="CTID", help="only these containers")
     return p
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cli import capacity, nodefacts
-from cli.client import run_main
+from cli.client import add_agent_options, run_main
 
 PROG = "vzmemcheck"
 
@@ -21,8 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 3 agent not running.")
     p.add_argument("-v", "--verbose", action="store_true", help="a line per running container before the summary")
     p.add_argument("-A", "--absolute", action="store_true", help="values in Mbytes instead of %%")
-    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
-    p.add_argument("--node", metavar="NAME", help="a node of the local cluster (`vzfleet up --nodes N`)")
+    add_agent_options(p)
     return p
 
 

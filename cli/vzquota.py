@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from cli.client import EXIT_USAGE, CliError, agent_for, call, default_root, resolve_socket, run_main
+from cli.client import EXIT_USAGE, CliError, add_agent_options, agent_for, call, default_root, resolve_socket, run_main
 from vzapi import storage_pb2 as pb
 from vzapi import storage_pb2_grpc as pb_grpc
 
@@ -75,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "S:H --diskinodes S:H --quotatime T`).",
         epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="also print notes on how the limits are held")
-    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
-    p.add_argument("--node", metavar="NAME", help="talk to this node of the local cluster")
+    add_agent_options(p, "talk to this node of the local cluster")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help in (("stat", "usage and limits (blocks and inodes) of a container's disk"),
                        ("show", "the same as stat")):

@@ -14,6 +14,7 @@ from cli.client import (
     EXIT_FAILED,
     EXIT_USAGE,
     CliError,
+    add_agent_options,
     agent_for,
     call,
     default_root,
@@ -38,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num", type=int, metavar="N", help="number of containers (asked when missing)")
     p.add_argument("-f", "--file", metavar="NAME",
                    help="write ve-NAME.conf-sample in the node's config directory (default: print it)")
-    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
-    p.add_argument("--node", metavar="NAME", help="a node of the local cluster (`vzfleet up --nodes N`)")
+    add_agent_options(p)
     return p
 
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cli import capacity
-from cli.client import EXIT_STATE, CliError, agent_for, call, default_root, resolve_socket, run_main
+from cli.client import EXIT_STATE, CliError, add_agent_options, agent_for, call, default_root, resolve_socket, run_main
 from vzapi import resources_pb2 as rpb
 from vzapi import resources_pb2_grpc as rpb_grpc
 
@@ -28,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--json", action="store_true", help="print JSON (unlimited is null)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="only resources with failures or held above 90%% of their barrier")
-    p.add_argument("--socket", help="agent socket (default: $VZFLEET_ROOT/run/vzfleet/agent.sock)")
-    p.add_argument("--node", metavar="NAME", help="a node of the local cluster (`vzfleet up --nodes N`)")
+    add_agent_options(p)
     p.add_argument("ctids", nargs="*", metavar="CTID", help="only these containers (default: all running)")
     return p
 

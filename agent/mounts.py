@@ -8,8 +8,8 @@ from pathlib import Path
 from agent import proc
 
 
-def _unescape(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal
+def unescape_mountinfo(field: str) -> str:
+    """A path field of /proc/self/mountinfo, which escapes space, tab, newline and backslash as \\ooo."""
     out, i = [], 0
     while i < len(field):
         if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
@@ -23,7 +23,7 @@ def _unescape(field: str) -> str:
 
 def mount_points() -> set[str]:
     with open("/proc/self/mountinfo") as f:
-        return {_unescape(line.split()[4]) for line in f}
+        return {unescape_mountinfo(line.split()[4]) for line in f}
 
 
 def is_mountpoint(path: Path) -> bool:

@@ -34,6 +34,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
 
+from agent.mounts import mount_points
+
 REPO = Path(__file__).resolve().parents[1]
 BASE = Path("/tmp/vzfleet-tests")
 NODE_PREFIX = "vzt"
@@ -65,24 +67,10 @@ def describe(res: subprocess.CompletedProcess[str], root: Path | None = None) ->
 # ---- small readers of kernel state ------------------------------------------------------------
 
 
-def _unescape_mountinfo(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mounts_under(path: Path) -> list[str]:
     """Mount points at or below path (host mount namespace), deepest first."""
     prefix = str(path).rstrip("/")
-    with open("/proc/self/mountinfo") as f:
-        points = {_unescape_mountinfo(line.split()[4]) for line in f}
+    points = mount_points()
     return sorted((p for p in points if p == prefix or p.startswith(prefix + "/")), key=len, reverse=True)
 
 

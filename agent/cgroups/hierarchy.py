@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.mounts import unescape_mountinfo
+
 # the v1 controllers the agent reads or writes
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "blkio", "pids", "freezer", "devices")
 UNIFIED = ""  # key of the v2 root in CgroupFS.mounts
@@ -29,19 +31,6 @@ class CgroupFS:
         rel = cgpath.strip("/")
         base = self.mounts.get(UNIFIED if self.version == 2 else controller)
         return None if base is None else base / rel
-
-
-def _unescape(field_: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field_):
-        if field_[i] == "\\" and field_[i + 1:i + 4].isdigit():
-            out.append(chr(int(field_[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field_[i])
-            i += 1
-    return "".join(out)
 
 
 def _preferred(old: Path | None, new: Path) -> Path:
@@ -68,7 +57,7 @@ def parse_mountinfo(text: str) -> CgroupFS:
         lf, rf = left.split(), right.split()
         if len(lf) < 5 or len(rf) < 3:
             continue
-        mountpoint = Path(_unescape(lf[4]))
+        mountpoint = Path(unescape_mountinfo(lf[4]))
         fstype, superopts = rf[0], rf[2]
         if fstype == "cgroup2":
             v2 = _preferred(v2, mountpoint)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from cli.client import CliError
 from cli.localcluster import LocalCluster, NodePlan, agent_argv, agent_binary, agent_info, is_agent_cmdline
+from integration.harness import pid_alive
 
 TEST_ROOT = Path("/tmp/vzfleet-tests")
 TEST_SUBNET = "10.214.0.0/24"
@@ -213,7 +214,7 @@ def agent_pid(cluster: LocalCluster, node: str) -> int:
     plan = _node_plan(cluster, node)
     entry = next(n for n in state["nodes"] if n["name"] == node)
     pid = int(entry.get("pid", 0))
-    if pid > 0 and _alive(pid) and is_agent_cmdline(_cmdline(pid), plan):
+    if pid > 0 and pid_alive(pid) and is_agent_cmdline(_cmdline(pid), plan):
         return pid
     return 0
 
@@ -226,14 +227,6 @@ def agent_environ(pid: int) -> dict[str, str]:
         return {}
     pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
     return {k: v for k, _, v in pairs}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 def _reap(pid: int) -> None:
@@ -253,7 +246,7 @@ def wait_dead(pid: int, timeout: float = AGENT_STOP_TIMEOUT_S) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         _reap(pid)
-        if not _alive(pid):
+        if not pid_alive(pid):
             _reap(pid)
             return True
         if time.monotonic() > deadline:
@@ -330,6 +323,6 @@ def stray_processes(base: Path, exclude: Sequence[int] = ()) -> dict[int, list[s
         if not entry.name.isdigit() or int(entry.name) in exclude or int(entry.name) == os.getpid():
             continue
         argv = _cmdline(int(entry.name))
-        if any(needle in a for a in argv) and _alive(int(entry.name)):
+        if any(needle in a for a in argv) and pid_alive(int(entry.name)):
             found[int(entry.name)] = argv
     return found

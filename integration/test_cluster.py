@@ -32,6 +32,7 @@ from integration.cluster import (
     record,
     remove,
 )
+from integration.harness import pid_alive
 
 pytestmark = [
     pytest.mark.privileged,
@@ -184,7 +185,7 @@ def test_up_restarts_a_killed_agent_which_readopts_its_containers(cluster3: Loca
         after = _nodes(cluster3)
         assert [n["pid"] for n in after[:2]] == [n["pid"] for n in nodes[:2]]
         assert after[2]["pid"] != n3["pid"]
-        assert _alive(init_pid)
+        assert pid_alive(init_pid)
         listed = _ok(cli(cluster3.base, "vzlist", "--node", n3["name"], "-H", "-o", "ctid,status"))
         assert listed.split() == ["102", "running"]
     finally:
@@ -207,15 +208,6 @@ def test_no_cluster_exits_3(tmp_path: Path) -> None:
     assert "vzfleet up --nodes" in res.stderr
 
 
-def _alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie (this machine's PID 1 reaps orphans lazily)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
 def _wait_dead(pids: list[int], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -224,7 +216,7 @@ def _wait_dead(pids: list[int], timeout: float = 10) -> None:
                 os.waitpid(pid, os.WNOHANG)  # ours when up() ran in this process
             except ChildProcessError:
                 pass
-        if not any(_alive(p) for p in pids):
+        if not any(pid_alive(p) for p in pids):
             return
         time.sleep(0.05)
     raise AssertionError(f"processes {pids} still alive after SIGKILL")
@@ -255,7 +247,7 @@ def test_down_after_a_crash_removes_everything(state_file: str) -> None:
         print(f"down after a crash ({state_file} state file) in {time.monotonic() - t0:.2f} s")
 
         assert leftovers(rec) == []
-        assert not _alive(init_pid), "the container's init survived down()"
+        assert not pid_alive(init_pid), "the container's init survived down()"
         assert any("container 101 killed" in line for line in done), done
         assert survivor.down() == []  # idempotent
     finally:

@@ -590,6 +590,18 @@ def assert_no_copy(node: Node, ctid: int, *, kept_partial: bool = False, bundle:
     assert not found, f"{node.name} keeps a copy of {ctid}:\n  " + "\n  ".join(found)
 
 
+def assert_stayed_on_the_source(mc: Cluster2, src: Node, dst: Node, ctid: int, watch: CopyWatch,
+                                client: EchoClient, before: int) -> None:
+    """After a failed move: ctid runs on src as before (its connection and counter too), dst never
+    ran it and keeps nothing of it."""
+    assert_runs_here(mc, src, ctid)
+    assert_no_copy(dst, ctid)
+    watch.assert_never_two()
+    assert watch.statuses(dst) <= {None}, watch.history()
+    client.assert_alive()
+    assert counter(mc, ip_of(ctid)) >= before
+
+
 # ---- 1. online migration ----------------------------------------------------------------------
 
 
@@ -872,12 +884,7 @@ def test_failed_migration_resumes_the_source_and_leaves_nothing_on_the_destinati
             assert run.res.returncode == 1, run.describe()
             assert re.search(message, run.res.stderr), run.describe()
             answers_within(mc, ip, run.returned_at)
-            assert_runs_here(mc, n1, ctid)
-            assert_no_copy(n2, ctid)
-            watch.assert_never_two()
-            assert watch.statuses(n2) <= {None}, watch.history()
-            client.assert_alive()
-            assert counter(mc, ip) >= before
+            assert_stayed_on_the_source(mc, n1, n2, ctid, watch, client, before)
             if armed == "src":  # detected when the stream arrived, before any restore was attempted
                 new_log = log_since(n2, dst_log)
                 assert "restore begins" not in new_log and "restored" not in new_log, new_log
@@ -985,12 +992,7 @@ def test_source_agent_killed_after_the_freeze_resumes_the_container_when_it_rest
 
             assert frozen == "paused", f"while its agent was dead the source copy was {frozen}"
             assert agent_pid(mc.cluster, n1.name) not in (0, armed_pid)
-            assert_runs_here(mc, n1, ctid)
-            assert_no_copy(n2, ctid)
-            watch.assert_never_two()
-            assert watch.statuses(n2) <= {None}, watch.history()
-            client.assert_alive()
-            assert counter(mc, ip) >= before
+            assert_stayed_on_the_source(mc, n1, n2, ctid, watch, client, before)
         finally:
             client.stop()
     assert client.error is None, client.error
